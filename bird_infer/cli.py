@@ -1,0 +1,120 @@
+"""Command line: ``bird-infer predict`` (the main job) and ``bird-infer export`` (torch -> ONNX bundle)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bird_infer.errors import BirdInferError
+
+DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def add_predict_arguments(p: argparse.ArgumentParser, defaults: dict[str, object] | None = None) -> None:
+    """The predict options, shared with kaggle_kernel.py (which passes Kaggle's defaults)."""
+    d = defaults or {}
+    p.add_argument("--audio", type=Path, default=d.get("audio"), required="audio" not in d,
+                   help="folder of soundscapes (searched recursively) or one file")
+    p.add_argument("--models", type=Path, default=d.get("models", DEFAULT_MODELS),
+                   help="folder holding manifest.json and the fold .onnx files (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=d.get("out", Path("submission.csv")),
+                   help="submission CSV to write (default: %(default)s)")
+    p.add_argument("--sample-submission", type=Path, default=d.get("sample_submission"),
+                   help="sample_submission.csv whose column order to use; labels must match the models'")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default 0: one per core)")
+    p.add_argument("--threads-per-worker", type=int, default=1, help="ONNX Runtime threads per worker (default 1)")
+    p.add_argument("--batch-size", type=int, default=4, help="chunks per model call (default 4)")
+    p.add_argument("--time-limit-min", type=float, default=d.get("time_limit_min"),
+                   help="time limit to project the run against, in minutes")
+
+
+def predict_from_args(args: argparse.Namespace) -> int:
+    from bird_infer.ensemble import SessionSettings
+    from bird_infer.job import run_predict
+    from bird_infer.pipeline import RunOptions, limit_native_threads
+
+    limit_native_threads(args.threads_per_worker)
+    options = RunOptions(
+        workers=args.workers,
+        session=SessionSettings(intra_op_threads=args.threads_per_worker, batch_size=args.batch_size),
+    )
+    limit_s = args.time_limit_min * 60 if args.time_limit_min else None
+    summary = run_predict(args.audio, args.models, args.out, args.sample_submission, options, limit_s)
+    print(f"wrote {summary.out_path} ({summary.n_rows} rows, {summary.n_files} files) in {summary.wall_s:.1f} s")
+    return 0
+
+
+def export_from_args(args: argparse.Namespace) -> int:
+    try:
+        from bird_infer import export
+        from bird_infer.manifest import load_training_config
+    except ImportError as e:
+        raise BirdInferError(f"export needs the torch extra: pip install 'bird_infer[torch]' ({e})") from e
+
+    config = load_training_config(args.config)
+    if args.description:
+        config = dataclasses.replace(config, description=args.description)
+    models = [export.load_fold_checkpoint(p, config) for p in args.checkpoints]
+    if args.check_audio:
+        waves = export.check_chunks_from_audio(args.check_audio, config, args.check_chunks)
+    else:
+        logging.getLogger(__name__).warning("no --check-audio given: checking on synthetic signals only")
+        waves = export.synthetic_check_chunks(config, args.check_chunks)
+    names = args.fold_names or [f"fold{i}" for i in range(len(models))]
+    result = export.export_folds(models, config, args.out, waves, names, args.tolerance)
+    for r in result.reports:
+        print(f"{r.name}: max |clipwise onnx - torch| = {r.max_abs_diff:.3g} (tolerance {args.tolerance:g}), "
+              f"output spread {r.output_spread:.3g}")
+    print(f"wrote {len(result.reports)} folds and {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
+def example_from_args(args: argparse.Namespace) -> int:
+    from bird_infer.example import write_example
+
+    path = write_example(args.out, args.seconds)
+    print(f"wrote {path} ({args.seconds:g} s synthetic soundscape)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bird-infer", description=__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+    predict = sub.add_parser("predict", help="soundscapes -> submission CSV")
+    add_predict_arguments(predict)
+    predict.set_defaults(func=predict_from_args)
+    exp = sub.add_parser("export", help="fold checkpoints -> graph-optimised ONNX + manifest (needs torch)")
+    exp.add_argument("--config", type=Path, required=True, help="training config JSON (labels, audio, frontend, model)")
+    exp.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="one checkpoint per fold")
+    exp.add_argument("--out", type=Path, required=True, help="output folder (manifest.json + foldK.onnx)")
+    exp.add_argument("--check-audio", type=Path, nargs="*",
+                     help="real recordings (files or folders) to check parity on")
+    exp.add_argument("--check-chunks", type=int, default=16, help="chunks to check on (default 16)")
+    exp.add_argument("--fold-names", nargs="*", help="names for the folds (default fold0, fold1, ...)")
+    exp.add_argument("--description", help="text for the manifest's description (default: the config's)")
+    exp.add_argument("--tolerance", type=float, default=1e-4, help="max |clipwise onnx - torch| (default 1e-4)")
+    exp.set_defaults(func=export_from_args)
+    ex = sub.add_parser("example-audio", help="write a synthetic example soundscape to try the pipeline on")
+    ex.add_argument("--out", type=Path, default=Path("example_audio"), help="folder to write into")
+    ex.add_argument("--seconds", type=float, default=30.0, help="length (default 30)")
+    ex.set_defaults(func=example_from_args)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        return int(args.func(args))
+    except (BirdInferError, FileNotFoundError) as e:
+        print(f"bird-infer: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The fold ensemble: ONNX Runtime sessions for every fold, fed the same log-mel features.
+
+Sessions use ONNX Runtime's full graph optimisation (``ORT_ENABLE_ALL``) at load time, on the CPU
+that runs them: the shipped files are saved at the portable ``EXTENDED`` level (see
+``bird_infer.export``), and the CPU-specific layout transforms happen here, per machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from bird_infer.errors import BirdInferError
+from bird_infer.manifest import Manifest
+
+# The padded-cmAP metric appends rows of exactly 1.0: a prediction of 1.0 would tie with them.
+# 1 - 1e-6 survives a CSV written with 6 significant digits ("0.999999"), unlike float32's nextafter.
+PROB_MAX = 1.0 - 1e-6
+
+
+class NonFiniteOutputError(BirdInferError):
+    """A fold produced NaN or inf."""
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """How each ONNX Runtime session runs."""
+
+    intra_op_threads: int = 1
+    """Threads one session uses inside an operator; 1 when each core runs its own worker process."""
+    batch_size: int = 4
+    """Chunks per model call."""
+
+
+def make_session(path: str, intra_op_threads: int = 1) -> ort.InferenceSession:
+    """A CPU session with full graph optimisation and a fixed thread count."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3  # errors only: ORT warns about unused initializers after fusion
+    return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def combine_folds(fold_probs: np.ndarray, rule: str) -> np.ndarray:
+    """(n_folds, n_chunks, n_labels) -> (n_chunks, n_labels) by ``mean`` or ``rms``."""
+    if rule == "mean":
+        return fold_probs.mean(axis=0)
+    if rule == "rms":
+        return np.sqrt(np.mean(np.square(fold_probs, dtype=np.float64), axis=0)).astype(fold_probs.dtype)
+    raise ValueError(f"unknown combine rule {rule!r}")
+
+
+def clip_probabilities(probs: np.ndarray) -> np.ndarray:
+    """Clip into [0, PROB_MAX]: strictly below 1 for the padded-cmAP metric."""
+    return np.clip(probs, 0.0, PROB_MAX)
+
+
+class FoldEnsemble:
+    """All folds of a manifest, ready to score log-mel batches."""
+
+    def __init__(self, manifest: Manifest, settings: SessionSettings | None = None) -> None:
+        self.manifest = manifest
+        self.settings = settings or SessionSettings()
+        self.sessions = [
+            make_session(str(manifest.fold_path(f)), self.settings.intra_op_threads) for f in manifest.folds
+        ]
+        segment = manifest.ensemble.output == "segment_max"
+        self._outputs = [(f.segmentwise if segment else f.clipwise).name for f in manifest.folds]  # type: ignore[union-attr]
+        self._inputs = [f.input.name for f in manifest.folds]
+
+    def fold_outputs(self, feats: np.ndarray) -> np.ndarray:
+        """feats (n_chunks, n_mels, frames) float32 -> per-fold probabilities (n_folds, n_chunks, n_labels)."""
+        n = feats.shape[0]
+        bs = self.settings.batch_size
+        out = np.empty((len(self.sessions), n, len(self.manifest.labels)), dtype=np.float32)
+        for k, (sess, name_in, name_out) in enumerate(zip(self.sessions, self._inputs, self._outputs, strict=True)):
+            for start in range(0, n, bs):
+                (y,) = sess.run([name_out], {name_in: feats[start : start + bs]})
+                if y.ndim == 3:  # segmentwise (batch, labels, segments): the max over time
+                    y = y.max(axis=2)
+                out[k, start : start + bs] = y
+        if not np.isfinite(out).all():
+            bad = [self.manifest.folds[k].name for k in range(len(self.sessions)) if not np.isfinite(out[k]).all()]
+            raise NonFiniteOutputError(f"fold(s) {bad} produced NaN or inf")
+        return out
+
+    def predict(self, feats: np.ndarray) -> np.ndarray:
+        """feats (n_chunks, n_mels, frames) -> combined, clipped probabilities (n_chunks, n_labels) float32."""
+        combined = combine_folds(self.fold_outputs(feats), self.manifest.ensemble.combine)
+        return clip_probabilities(combined).astype(np.float32, copy=False)

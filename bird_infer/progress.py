@@ -1,0 +1,63 @@
+"""Progress of a run: files done, chunks per second, ETA, and the projection against a time limit."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+def _fmt(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+@dataclass
+class Progress:
+    """Counts what has been done; ``line()`` describes it. Owned by the parent process only."""
+
+    n_files: int
+    total_chunks: int
+    """Expected chunks, from the file headers."""
+    time_limit_s: float | None = None
+    started: float = field(default_factory=time.perf_counter)
+    files_done: int = 0
+    chunks_done: int = 0
+
+    def update(self, n_chunks: int) -> None:
+        self.files_done += 1
+        self.chunks_done += n_chunks
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float:
+        rate = self.chunks_per_s
+        return (self.total_chunks - self.chunks_done) / rate if rate > 0 else float("inf")
+
+    @property
+    def projected_total_s(self) -> float:
+        return self.elapsed_s + self.eta_s
+
+    def line(self) -> str:
+        text = (
+            f"[{self.files_done}/{self.n_files} files] {self.chunks_done}/{self.total_chunks} chunks, "
+            f"{self.chunks_per_s:.1f} chunks/s, elapsed {_fmt(self.elapsed_s)}, ETA {_fmt(self.eta_s)}"
+        )
+        if self.time_limit_s:
+            share = self.projected_total_s / self.time_limit_s
+            text += (
+                f", projected total {_fmt(self.projected_total_s)} of the {_fmt(self.time_limit_s)} limit "
+                f"({share:.0%})"
+            )
+        return text

@@ -1,0 +1,72 @@
+"""The submission CSV: ``row_id = <file stem>_<end second>``, then one probability column per label."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bird_infer.errors import SubmissionFormatError
+
+ROW_ID = "row_id"
+FLOAT_FORMAT = "%.6g"  # 6 significant digits keep PROB_MAX (0.999999) strictly below 1
+
+
+def row_ids(stem: str, n_chunks: int, clip_s: float) -> list[str]:
+    """``<stem>_5``, ``<stem>_10``, ... : the end second of each chunk (an integer when clip_s is)."""
+    ends = [(i + 1) * clip_s for i in range(n_chunks)]
+    return [f"{stem}_{int(e) if float(e).is_integer() else e}" for e in ends]
+
+
+def read_sample_columns(path: str | Path) -> list[str]:
+    """Label columns of a sample_submission.csv, in its order (only the header is read)."""
+    header = pd.read_csv(path, nrows=0).columns.tolist()
+    if not header or header[0] != ROW_ID:
+        raise SubmissionFormatError(f"{path}: first column must be '{ROW_ID}', got {header[:1]}")
+    return header[1:]
+
+
+def column_order(labels: Sequence[str], sample_columns: Sequence[str] | None) -> list[str]:
+    """The label columns to write: the sample submission's order if given, else the manifest's.
+
+    Raises SubmissionFormatError when the two label sets differ.
+    """
+    if sample_columns is None:
+        return list(labels)
+    missing = [c for c in sample_columns if c not in set(labels)]
+    extra = [c for c in labels if c not in set(sample_columns)]
+    if missing or extra:
+        raise SubmissionFormatError(
+            f"sample_submission labels differ from the models' labels: {len(missing)} only in the sample "
+            f"submission {missing[:10]}, {len(extra)} only in the models {extra[:10]}; use models trained "
+            "on this competition's species list"
+        )
+    return list(sample_columns)
+
+
+def build_submission(
+    stems: Sequence[str],
+    probs: Sequence[np.ndarray],
+    labels: Sequence[str],
+    clip_s: float,
+    sample_columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """One row per chunk, files in the given order, then time; probs[i] is (n_chunks_i, n_labels)."""
+    columns = column_order(labels, sample_columns)
+    ids = [rid for stem, p in zip(stems, probs, strict=True) for rid in row_ids(stem, len(p), clip_s)]
+    values = np.concatenate(list(probs), axis=0) if probs else np.zeros((0, len(labels)), np.float32)
+    df = pd.DataFrame(values, columns=list(labels))[columns]
+    df.insert(0, ROW_ID, ids)
+    return df
+
+
+def write_submission(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write the CSV (via a temporary file, so a crash never leaves half a submission)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,201 @@
+"""End to end: folders of soundscapes -> submission CSV, checked against a PyTorch reference pipeline."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from bird_infer.audio import audio_info, read_chunks
+from bird_infer.ensemble import PROB_MAX, SessionSettings
+from bird_infer.errors import SubmissionFormatError
+from bird_infer.job import run_predict
+from bird_infer.pipeline import RunOptions
+from tests.conftest import ROOT, real_audio_dir
+
+TOLERANCE = 1e-4
+
+
+def expected_rows(path: Path, clip_s: float = 5.0) -> int:
+    info = audio_info(path)
+    return max(1, math.ceil(info.frames / info.sample_rate / clip_s - 1e-9))
+
+
+def torch_reference(paths: list[Path], manifest, models) -> np.ndarray:
+    """torch front-end + torch folds, mean, clipped: what training-side code would predict."""
+    torch = pytest.importorskip("torch")
+    from bird_infer.nn.frontend import TorchLogMel
+
+    fe = TorchLogMel(manifest.frontend, manifest.audio.sample_rate)
+    rows = []
+    with torch.no_grad():
+        for p in paths:
+            feats = fe(torch.from_numpy(read_chunks(p, manifest.audio)))
+            rows.append(torch.stack([m(feats)[0] for m in models]).mean(0).numpy())
+    return np.clip(np.concatenate(rows), 0, PROB_MAX)
+
+
+def check_submission(df: pd.DataFrame, paths: list[Path], labels: list[str]) -> None:
+    ids = [f"{p.stem}_{5 * (i + 1)}" for p in sorted(paths) for i in range(expected_rows(p))]
+    assert df["row_id"].tolist() == ids
+    assert df.columns.tolist() == ["row_id", *labels]
+    probs = df[labels].to_numpy()
+    assert np.isfinite(probs).all() and probs.min() >= 0 and probs.max() < 1
+
+
+@pytest.mark.parametrize("folder", ["maad_day", "opensoundscape"])
+def test_real_folders_match_the_torch_reference(tmp_path, tiny_bundle, folder) -> None:
+    manifest, models, _ = tiny_bundle
+    audio = real_audio_dir(folder)
+    paths = sorted(audio.glob("*.wav"))
+    out = tmp_path / "submission.csv"
+    summary = run_predict(audio, manifest.root, out, options=RunOptions(workers=2))
+    df = pd.read_csv(out)
+    check_submission(df, paths, list(manifest.labels))
+    assert summary.n_rows == len(df) == sum(expected_rows(p) for p in paths)
+    diff = float(np.abs(df[list(manifest.labels)].to_numpy() - torch_reference(paths, manifest, models)).max())
+    print(f"{folder}: bundle vs torch reference max |diff| = {diff:.3g} over {len(df)} rows")
+    assert diff <= TOLERANCE
+
+
+def test_pool_equals_single_process(tmp_path, tiny_bundle) -> None:
+    manifest, _, _ = tiny_bundle
+    audio = real_audio_dir("opensoundscape")
+    single = pd.read_csv(run_predict(audio, manifest.root, tmp_path / "a.csv", options=RunOptions(workers=1)).out_path)
+    pooled = pd.read_csv(run_predict(audio, manifest.root, tmp_path / "b.csv", options=RunOptions(workers=2)).out_path)
+    pd.testing.assert_frame_equal(single, pooled)
+
+
+def test_batch_size_does_not_change_results(tmp_path, tiny_bundle) -> None:
+    manifest, _, _ = tiny_bundle
+    audio = real_audio_dir("opensoundscape") / "1min.wav"
+    runs = [
+        pd.read_csv(run_predict(audio, manifest.root, tmp_path / f"{bs}.csv",
+                                options=RunOptions(workers=1, session=SessionSettings(batch_size=bs))).out_path)
+        for bs in (1, 5)
+    ]
+    pd.testing.assert_frame_equal(runs[0], runs[1], atol=1e-6)
+
+
+def write_generated(folder: Path) -> list[Path]:
+    """Formats, rates and channel counts the reader must handle."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    specs = [  # (name, sample rate, seconds, channels, format)
+        ("stereo_441.flac", 44100, 12.3, 2, "FLAC"),
+        ("short_48k.ogg", 48000, 2.0, 1, "OGG"),
+        ("exact_10s.wav", 32000, 10.0, 1, "WAV"),
+        ("mono_22k.mp3", 22050, 7.5, 1, "MP3"),
+        ("four_ch_16k.wav", 16000, 6.0, 4, "WAV"),
+    ]
+    paths = []
+    for name, sr, seconds, channels, fmt in specs:
+        n = int(sr * seconds)
+        t = np.arange(n) / sr
+        x = 0.3 * np.sin(2 * np.pi * 2500 * t)[:, None] + 0.05 * rng.standard_normal((n, channels))
+        path = folder / name
+        sf.write(path, x.astype(np.float32), sr, format=fmt)
+        paths.append(path)
+    return paths
+
+
+def test_generated_formats_and_sample_submission_order(tmp_path, tiny_bundle) -> None:
+    manifest, _, _ = tiny_bundle
+    paths = write_generated(tmp_path / "audio")
+    labels = list(manifest.labels)
+    shuffled = list(np.random.default_rng(0).permutation(labels))
+    pd.DataFrame(columns=["row_id", *shuffled]).to_csv(tmp_path / "sample_submission.csv", index=False)
+    out = tmp_path / "sub.csv"
+    run_predict(tmp_path / "audio", manifest.root, out, tmp_path / "sample_submission.csv", RunOptions(workers=2))
+    df = pd.read_csv(out)
+    check_submission(df, paths, shuffled)
+    # sorted: exact_10s, four_ch_16k (6 s), mono_22k (7.5 s), short_48k (2 s), stereo_441 (12.3 s)
+    assert [expected_rows(p) for p in sorted(paths)] == [2, 2, 2, 1, 3]
+    unshuffled = pd.read_csv(run_predict(tmp_path / "audio", manifest.root, tmp_path / "plain.csv").out_path)
+    pd.testing.assert_frame_equal(df[["row_id", *labels]], unshuffled)
+
+
+def test_sample_submission_with_other_labels_is_a_clear_error(tmp_path, tiny_bundle) -> None:
+    manifest, _, _ = tiny_bundle
+    cols = ["row_id", *manifest.labels[:-1], "notabird"]
+    pd.DataFrame(columns=cols).to_csv(tmp_path / "ss.csv", index=False)
+    with pytest.raises(SubmissionFormatError, match=r"1 only in the sample submission \['notabird'\]"):
+        run_predict(tmp_path, manifest.root, tmp_path / "sub.csv", tmp_path / "ss.csv")
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_probabilities_stay_strictly_below_one() -> None:
+    from bird_infer.ensemble import clip_probabilities
+    from bird_infer.submission import build_submission, write_submission
+
+    df = build_submission(["a"], [clip_probabilities(np.array([[1.0, 0.9999999, -0.1]], np.float32))],
+                          ["x", "y", "z"], 5.0)
+    text = write_submission(df, Path(os.environ.get("TMPDIR", "/tmp")) / "bird_infer_clip.csv").read_text()
+    written = pd.read_csv(pd.io.common.StringIO(text))
+    assert written[["x", "y"]].to_numpy().max() < 1.0 and written["z"].iloc[0] == 0.0
+
+
+def test_rms_combine_rule() -> None:
+    from bird_infer.ensemble import combine_folds
+
+    folds = np.array([[[0.1, 0.9]], [[0.3, 0.5]]], dtype=np.float32)
+    np.testing.assert_allclose(combine_folds(folds, "mean"), [[0.2, 0.7]], rtol=1e-6)
+    np.testing.assert_allclose(combine_folds(folds, "rms"), [[np.sqrt(0.05), np.sqrt(0.53)]], rtol=1e-6)
+
+
+def run_cmd(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_and_module_entry_points(tmp_path, tiny_bundle) -> None:
+    manifest, _, _ = tiny_bundle
+    audio = real_audio_dir("opensoundscape")
+    r = run_cmd([sys.executable, "-m", "bird_infer", "predict", "--audio", str(audio), "--models",
+                 str(manifest.root), "--out", str(tmp_path / "m.csv"), "--workers", "1"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    bad = run_cmd([sys.executable, "-m", "bird_infer", "predict", "--audio", str(audio), "--models", str(tmp_path)],
+                  cwd=tmp_path)
+    assert bad.returncode == 2 and "no manifest" in bad.stderr
+
+
+def test_kaggle_kernel_as_script(tmp_path, tiny_bundle) -> None:
+    manifest, _, _ = tiny_bundle
+    audio = real_audio_dir("opensoundscape")
+    r = run_cmd([sys.executable, str(ROOT / "kaggle_kernel.py"), "--audio", str(audio), "--models",
+                 str(manifest.root), "--workers", "2"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "projected total" in r.stderr and "chunks/s" in r.stderr
+    assert len(pd.read_csv(tmp_path / "submission.csv")) == sum(expected_rows(p) for p in audio.glob("*.wav"))
+
+
+def test_kaggle_kernel_pasted_into_a_notebook(tmp_path, tiny_bundle) -> None:
+    """No __file__, the notebook's own argv, and a fake /kaggle/input with competition and bundle datasets."""
+    import shutil
+
+    manifest, _, _ = tiny_bundle
+    kin = tmp_path / "input"
+    comp = kin / "birdclef-2023" / "test_soundscapes"
+    comp.mkdir(parents=True)
+    src = real_audio_dir("opensoundscape")
+    for name in ("birds_10s.wav", "aru_1.wav"):
+        shutil.copy(src / name, comp / name)
+    pd.DataFrame(columns=["row_id", *manifest.labels]).to_csv(kin / "birdclef-2023" / "sample_submission.csv",
+                                                               index=False)
+    bundle = kin / "bird-infer-bundle"
+    shutil.copytree(manifest.root, bundle / "models")
+    cell = (
+        "import sys; sys.argv = ['ipykernel_launcher.py', '-f', '/tmp/kernel.json']\n"
+        + (ROOT / "kaggle_kernel.py").read_text()
+    )
+    r = run_cmd([sys.executable, "-c", cell], cwd=tmp_path, env_extra={"BIRD_INFER_KAGGLE_INPUT": str(kin)})
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(tmp_path / "submission.csv")
+    assert df["row_id"].tolist() == ["aru_1_5", "birds_10s_5", "birds_10s_10", "birds_10s_15"]
