@@ -199,3 +199,26 @@ def test_kaggle_kernel_pasted_into_a_notebook(tmp_path, tiny_bundle) -> None:
     assert r.returncode == 0, r.stderr
     df = pd.read_csv(tmp_path / "submission.csv")
     assert df["row_id"].tolist() == ["aru_1_5", "birds_10s_5", "birds_10s_10", "birds_10s_15"]
+
+
+def test_segment_max_output_rule(tmp_path, tiny_bundle, real_chunks) -> None:
+    """ensemble.output = segment_max scores each chunk by the max of the segment-wise output."""
+    import dataclasses
+    import shutil
+
+    torch = pytest.importorskip("torch")
+    from bird_infer.ensemble import FoldEnsemble
+    from bird_infer.frontend import LogMelFrontend
+    from bird_infer.manifest import EnsembleConfig, load_manifest, write_manifest
+
+    manifest, models, _ = tiny_bundle
+    shutil.copytree(manifest.root, tmp_path / "b")
+    rule = EnsembleConfig(combine="mean", output="segment_max")
+    m = dataclasses.replace(load_manifest(tmp_path / "b"), ensemble=rule)
+    write_manifest(m, tmp_path / "b")
+    m = load_manifest(tmp_path / "b")
+    feats = LogMelFrontend(m.frontend, m.audio.sample_rate)(real_chunks[:6])
+    with torch.no_grad():
+        expected = torch.stack([mod(torch.from_numpy(feats))[1].amax(dim=2) for mod in models]).mean(0).numpy()
+    got = FoldEnsemble(m).predict(feats)
+    assert float(np.abs(got - np.clip(expected, 0, PROB_MAX)).max()) <= TOLERANCE
