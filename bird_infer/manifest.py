@@ -283,6 +283,24 @@ def _parse_fold(d: Any, i: int) -> FoldSpec:
     )
 
 
+def _parse_ensemble(d: Any) -> EnsembleConfig:
+    if not isinstance(d, dict):
+        raise InvalidFieldError("manifest field 'ensemble' must be a JSON object")
+    return EnsembleConfig(
+        combine=_choice(d.get("combine", "mean"), COMBINE_RULES, "ensemble.combine"),
+        output=_choice(d.get("output", "clipwise"), ENSEMBLE_OUTPUTS, "ensemble.output"),
+    )
+
+
+def _parse_model(d: Any) -> ModelConfig:
+    if not isinstance(d, dict):
+        raise InvalidFieldError("manifest field 'model' must be a JSON object")
+    unknown = set(d) - {f.name for f in fields(ModelConfig)}
+    if unknown:
+        raise InvalidFieldError(f"manifest field 'model' has unknown keys {sorted(unknown)}")
+    return ModelConfig(**d)
+
+
 def manifest_from_dict(d: dict[str, Any], root: Path) -> Manifest:
     """Parse and check a manifest dict (no file access). Raises a ManifestError subclass."""
     if not isinstance(d, dict):
@@ -307,12 +325,8 @@ def manifest_from_dict(d: dict[str, Any], root: Path) -> Manifest:
     if not isinstance(folds_raw, list) or not folds_raw:
         raise InvalidFieldError("manifest field 'folds' must list at least one fold model")
     folds = tuple(_parse_fold(f, i) for i, f in enumerate(folds_raw))
-    ens = d.get("ensemble", {})
-    ensemble = EnsembleConfig(
-        combine=_choice(ens.get("combine", "mean"), COMBINE_RULES, "ensemble.combine"),
-        output=_choice(ens.get("output", "clipwise"), ENSEMBLE_OUTPUTS, "ensemble.output"),
-    )
-    model = ModelConfig(**{k: v for k, v in d.get("model", {}).items() if k in ModelConfig.__dataclass_fields__})
+    ensemble = _parse_ensemble(d.get("ensemble", {}))
+    model = _parse_model(d.get("model", {}))
     m = Manifest(
         labels=tuple(labels),
         audio=audio,
@@ -480,16 +494,12 @@ def training_config_from_dict(d: dict[str, Any], base_dir: Path = Path(".")) -> 
         raise MissingFieldError("training config needs 'labels' (a list) or 'labels_file' (a path)")
     audio = _parse_audio(_get(d, "audio", "config"))
     frontend = _parse_frontend(_get(d, "frontend", "config"), audio.sample_rate)
-    ens = d.get("ensemble", {})
     return TrainingConfig(
         labels=labels,
         audio=audio,
         frontend=frontend,
-        model=ModelConfig(**d.get("model", {})),
-        ensemble=EnsembleConfig(
-            combine=_choice(ens.get("combine", "mean"), COMBINE_RULES, "ensemble.combine"),
-            output=_choice(ens.get("output", "clipwise"), ENSEMBLE_OUTPUTS, "ensemble.output"),
-        ),
+        model=_parse_model(d.get("model", {})),
+        ensemble=_parse_ensemble(d.get("ensemble", {})),
         description=str(d.get("description", "")),
     )
 
