@@ -29,7 +29,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from bird_infer.audio import find_audio_files, read_chunks
+from bird_infer.audio import find_audio_files, iter_chunk_blocks
 from bird_infer.ensemble import make_session
 from bird_infer.errors import AudioDecodeError, ExportError
 from bird_infer.frontend import LogMelFrontend
@@ -106,8 +106,10 @@ def check_chunks_from_audio(
     files = [f for p in paths for f in find_audio_files(p)]
     per_file: list[np.ndarray] = []
     for f in files:
-        try:
-            per_file.append(read_chunks(f, config.audio))
+        if len(per_file) >= max_chunks:  # round-robin takes depth 0 of the first max_chunks files only
+            break
+        try:  # the first block holds every chunk the round-robin can take from this file
+            per_file.append(next(iter_chunk_blocks(f, config.audio, block_chunks=max_chunks)))
         except AudioDecodeError as e:
             log.warning("skipping check audio %s: %s", f, e)
     picked: list[np.ndarray] = []
