@@ -10,7 +10,8 @@ from bird_infer.errors import BirdInferError, ManifestError
 from bird_infer.frontend import LogMelFrontend
 from bird_infer.job import run_predict
 from bird_infer.manifest import Manifest, load_manifest
-from bird_infer.pipeline import RunOptions, predict_files
+from bird_infer.pipeline import RunOptions
+from bird_infer.scheduler import predict_files
 
 __version__ = "0.1.0"
 

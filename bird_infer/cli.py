@@ -29,7 +29,10 @@ def add_predict_arguments(p: argparse.ArgumentParser, defaults: dict[str, object
     p.add_argument("--threads-per-worker", type=int, default=1, help="ONNX Runtime threads per worker (default 1)")
     p.add_argument("--batch-size", type=int, default=4, help="chunks per model call (default 4)")
     p.add_argument("--time-limit-min", type=float, default=d.get("time_limit_min"),
-                   help="time limit to project the run against, in minutes")
+                   help="time limit in minutes: the run degrades (fewer folds, then fallback rows) to finish "
+                        "inside it; see bird_infer/deadline.py")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 if any file got fallback rows (the CSV is still written)")
 
 
 def predict_from_args(args: argparse.Namespace) -> int:
@@ -45,7 +48,10 @@ def predict_from_args(args: argparse.Namespace) -> int:
     limit_s = args.time_limit_min * 60 if args.time_limit_min else None
     summary = run_predict(args.audio, args.models, args.out, args.sample_submission, options, limit_s)
     print(f"wrote {summary.out_path} ({summary.n_rows} rows, {summary.n_files} files) in {summary.wall_s:.1f} s")
-    return 0
+    if summary.n_failed or summary.n_reduced:
+        print(f"{summary.n_failed} file(s) with fallback rows, {summary.n_reduced} with fewer folds: "
+              f"see {summary.report_path}")
+    return 1 if args.strict and summary.n_failed else 0
 
 
 def export_from_args(args: argparse.Namespace) -> int:

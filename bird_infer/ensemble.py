@@ -72,23 +72,34 @@ class FoldEnsemble:
         self._outputs = [(f.segmentwise if segment else f.clipwise).name for f in manifest.folds]  # type: ignore[union-attr]
         self._inputs = [f.input.name for f in manifest.folds]
 
-    def fold_outputs(self, feats: np.ndarray) -> np.ndarray:
-        """feats (n_chunks, n_mels, frames) float32 -> per-fold probabilities (n_folds, n_chunks, n_labels)."""
+    @property
+    def n_folds(self) -> int:
+        return len(self.sessions)
+
+    def fold_outputs(self, feats: np.ndarray, n_folds: int | None = None) -> np.ndarray:
+        """feats (n_chunks, n_mels, frames) float32 -> per-fold probabilities (n_folds, n_chunks, n_labels).
+
+        ``n_folds`` uses only the first that many folds (the deadline guard drops folds from the end).
+        """
+        k_used = self.n_folds if n_folds is None else n_folds
+        if not 1 <= k_used <= self.n_folds:
+            raise ValueError(f"n_folds must be between 1 and {self.n_folds}, got {n_folds}")
         n = feats.shape[0]
         bs = self.settings.batch_size
-        out = np.empty((len(self.sessions), n, len(self.manifest.labels)), dtype=np.float32)
-        for k, (sess, name_in, name_out) in enumerate(zip(self.sessions, self._inputs, self._outputs, strict=True)):
+        out = np.empty((k_used, n, len(self.manifest.labels)), dtype=np.float32)
+        folds = zip(self.sessions[:k_used], self._inputs, self._outputs, strict=False)
+        for k, (sess, name_in, name_out) in enumerate(folds):
             for start in range(0, n, bs):
                 (y,) = sess.run([name_out], {name_in: feats[start : start + bs]})
                 if y.ndim == 3:  # segmentwise (batch, labels, segments): the max over time
                     y = y.max(axis=2)
                 out[k, start : start + bs] = y
         if not np.isfinite(out).all():
-            bad = [self.manifest.folds[k].name for k in range(len(self.sessions)) if not np.isfinite(out[k]).all()]
+            bad = [self.manifest.folds[k].name for k in range(k_used) if not np.isfinite(out[k]).all()]
             raise NonFiniteOutputError(f"fold(s) {bad} produced NaN or inf")
         return out
 
-    def predict(self, feats: np.ndarray) -> np.ndarray:
+    def predict(self, feats: np.ndarray, n_folds: int | None = None) -> np.ndarray:
         """feats (n_chunks, n_mels, frames) -> combined, clipped probabilities (n_chunks, n_labels) float32."""
-        combined = combine_folds(self.fold_outputs(feats), self.manifest.ensemble.combine)
+        combined = combine_folds(self.fold_outputs(feats, n_folds), self.manifest.ensemble.combine)
         return clip_probabilities(combined).astype(np.float32, copy=False)

@@ -1,18 +1,15 @@
-"""The main job: audio files in, one probability row per chunk out, over a pool of worker processes.
+"""What one worker process does: a file in, its probability rows (or the reason it failed) out.
 
 Each worker builds its front-end and ONNX sessions once, in the pool initializer, from the
-manifest it is given. Files are scheduled one task each; results come back in input order.
-``workers=1`` runs everything in this process (for debugging) and gives the same numbers.
+manifest it is given. The scheduling, retries and deadline live in :mod:`bird_infer.scheduler`.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +34,15 @@ class RunOptions:
     session: SessionSettings = field(default_factory=SessionSettings)
     block_chunks: int = 12
     """Chunks decoded and featurised at once per worker (bounds memory for long files)."""
+    in_process: bool = False
+    """Run every file in this process, no pool (debugging; a crash in a native library then ends the run)."""
+    max_attempts: int = 2
+    """Tries per file: a file that raises, or whose worker dies, is retried once before it gets fallback rows."""
+    predictor_factory: Callable[[Manifest, RunOptions], FilePredictor] | None = None
+    """Builds each worker's predictor (default :class:`FilePredictor`); must be importable by name (spawn)."""
+
+    def make_predictor(self, manifest: Manifest) -> FilePredictor:
+        return (self.predictor_factory or FilePredictor)(manifest, self)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,11 @@ class StageTimes:
     model_s: float = 0.0
 
 
+    @property
+    def busy_s(self) -> float:
+        return self.decode_s + self.frontend_s + self.model_s
+
+
 @dataclass(frozen=True)
 class FileResult:
     """Predictions for one file: ``probs`` (n_chunks, n_labels) float32, in [0, 1)."""
@@ -55,10 +66,22 @@ class FileResult:
     path: Path
     probs: np.ndarray
     times: StageTimes = field(default_factory=StageTimes)
+    n_folds: int = 0
+    """Folds averaged for this file (fewer than the manifest's when the deadline guard degraded it)."""
+    attempts: int = 1
 
     @property
     def n_chunks(self) -> int:
         return int(self.probs.shape[0])
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    """A file that got no predictions: why, and after how many tries."""
+
+    path: Path
+    reason: str
+    attempts: int = 1
 
 
 def available_cores() -> int:
@@ -93,8 +116,12 @@ class FilePredictor:
         self.frontend = LogMelFrontend(manifest.frontend, manifest.audio.sample_rate)
         self.ensemble = FoldEnsemble(manifest, options.session)
 
-    def predict_file(self, path: Path) -> FileResult:
-        """All chunks of ``path`` through the front-end (once) and every fold."""
+    def predict_file(self, path: Path, n_folds: int | None = None) -> FileResult:
+        """All chunks of ``path`` through the front-end (once) and the first ``n_folds`` folds (default all).
+
+        Raises AudioDecodeError, NonFiniteOutputError, or whatever the decoder or ONNX Runtime raises.
+        """
+        k = self.ensemble.n_folds if n_folds is None else n_folds
         decode = frontend = model = 0.0
         parts: list[np.ndarray] = []
         t0 = time.perf_counter()
@@ -102,60 +129,43 @@ class FilePredictor:
             t1 = time.perf_counter()
             feats = self.frontend(block)
             t2 = time.perf_counter()
-            parts.append(self.ensemble.predict(feats))
+            parts.append(self.ensemble.predict(feats, k))
             t3 = time.perf_counter()
             decode += t1 - t0
             frontend += t2 - t1
             model += t3 - t2
             t0 = time.perf_counter()
         probs = np.concatenate(parts, axis=0)
-        return FileResult(path=path, probs=probs, times=StageTimes(decode, frontend, model))
+        return FileResult(path=path, probs=probs, times=StageTimes(decode, frontend, model), n_folds=k)
+
+
+def describe_exception(e: BaseException) -> str:
+    """One line for the error report: the exception type and its message."""
+    text = " ".join(str(e).split()) or "(no message)"
+    return f"{type(e).__name__}: {text}"
+
+
+def predict_or_fail(predictor: FilePredictor, path: Path, n_folds: int | None) -> FileResult | FileFailure:
+    """``predict_file``, with any exception turned into a FileFailure (plain data: always picklable)."""
+    try:
+        return predictor.predict_file(path, n_folds)
+    except Exception as e:  # one bad file must never stop the batch; the reason is reported
+        log.debug("%s failed", path, exc_info=True)
+        return FileFailure(path=path, reason=describe_exception(e).replace(str(path), path.name))
 
 
 # One predictor per worker process, built by the pool initializer and only read afterwards.
 _WORKER_PREDICTOR: FilePredictor | None = None
 
 
-def _init_worker(manifest: Manifest, options: RunOptions) -> None:
+def init_worker(manifest: Manifest, options: RunOptions) -> None:
+    """Pool initializer: build this worker's sessions once."""
     global _WORKER_PREDICTOR
-    _WORKER_PREDICTOR = FilePredictor(manifest, options)
+    _WORKER_PREDICTOR = options.make_predictor(manifest)
 
 
-def _predict_in_worker(path: Path) -> FileResult:
+def predict_in_worker(path: Path, n_folds: int | None) -> FileResult | FileFailure:
+    """The pool task: one file with this worker's predictor."""
     if _WORKER_PREDICTOR is None:  # pragma: no cover - the initializer always runs first
         raise RuntimeError("worker used before its initializer ran")
-    return _WORKER_PREDICTOR.predict_file(path)
-
-
-def predict_files(
-    paths: Sequence[Path],
-    manifest: Manifest,
-    options: RunOptions | None = None,
-    on_result: Callable[[FileResult], None] | None = None,
-) -> list[FileResult]:
-    """Predict every file; results in the order of ``paths``. ``on_result`` sees each as it completes."""
-    options = options or RunOptions()
-    paths = [Path(p) for p in paths]
-    if not paths:
-        return []
-    workers = resolve_workers(options.workers, len(paths))
-    if workers == 1:
-        predictor = FilePredictor(manifest, options)
-        results = []
-        for p in paths:
-            r = predictor.predict_file(p)
-            if on_result:
-                on_result(r)
-            results.append(r)
-        return results
-    log.info("starting %d worker processes", workers)
-    ctx = multiprocessing.get_context("spawn")  # no inherited threads or sessions: safe on every OS
-    by_index: dict[int, FileResult] = {}
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(manifest, options)) as ex:
-        futures = {ex.submit(_predict_in_worker, p): i for i, p in enumerate(paths)}
-        for fut in as_completed(futures):
-            r = fut.result()
-            by_index[futures[fut]] = r
-            if on_result:
-                on_result(r)
-    return [by_index[i] for i in range(len(paths))]
+    return predict_or_fail(_WORKER_PREDICTOR, path, n_folds)

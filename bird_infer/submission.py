@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,33 @@ def row_ids(stem: str, n_chunks: int, clip_s: float) -> list[str]:
     """``<stem>_5``, ``<stem>_10``, ... : the end second of each chunk (an integer when clip_s is)."""
     ends = [(i + 1) * clip_s for i in range(n_chunks)]
     return [f"{stem}_{int(e) if float(e).is_integer() else e}" for e in ends]
+
+
+def unique_stems(paths: Sequence[Path], root: Path) -> list[str]:
+    """The row_id prefix of each file: its stem, or, where stems collide, its path below ``root``.
+
+    BirdCLEF stems are unique, so there the prefix is always the stem. Field recordings often repeat
+    names across folders (``siteA/0600.wav``, ``siteB/0600.wav``): those become ``siteA-0600`` and
+    ``siteB-0600`` so that no two rows share a row_id. If that still collides (``a.wav`` and
+    ``a.flac`` side by side), the extension is kept too (``a.wav``). Non-ASCII names are kept as they are.
+    """
+    stems = [p.stem for p in paths]
+    counts = Counter(stems)
+    out = []
+    for p, stem in zip(paths, stems, strict=True):
+        if counts[stem] == 1:
+            out.append(stem)
+            continue
+        try:
+            rel = p.relative_to(root)
+        except ValueError:
+            rel = p
+        out.append("-".join(rel.with_suffix("").parts))
+    counts = Counter(out)
+    return [
+        "-".join(p.relative_to(root).parts) if counts[s] > 1 and p.is_relative_to(root) else s
+        for p, s in zip(paths, out, strict=True)
+    ]
 
 
 def read_sample_columns(path: str | Path) -> list[str]:

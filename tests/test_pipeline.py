@@ -68,7 +68,8 @@ def test_real_folders_match_the_torch_reference(tmp_path, tiny_bundle, folder) -
 def test_pool_equals_single_process(tmp_path, tiny_bundle) -> None:
     manifest, _, _ = tiny_bundle
     audio = real_audio_dir("opensoundscape")
-    single = pd.read_csv(run_predict(audio, manifest.root, tmp_path / "a.csv", options=RunOptions(workers=1)).out_path)
+    single_run = run_predict(audio, manifest.root, tmp_path / "a.csv", options=RunOptions(in_process=True))
+    single = pd.read_csv(single_run.out_path)
     pooled = pd.read_csv(run_predict(audio, manifest.root, tmp_path / "b.csv", options=RunOptions(workers=2)).out_path)
     pd.testing.assert_frame_equal(single, pooled)
 
@@ -78,7 +79,7 @@ def test_batch_size_does_not_change_results(tmp_path, tiny_bundle) -> None:
     audio = real_audio_dir("opensoundscape") / "1min.wav"
     runs = [
         pd.read_csv(run_predict(audio, manifest.root, tmp_path / f"{bs}.csv",
-                                options=RunOptions(workers=1, session=SessionSettings(batch_size=bs))).out_path)
+                                options=RunOptions(in_process=True, session=SessionSettings(batch_size=bs))).out_path)
         for bs in (1, 5)
     ]
     pd.testing.assert_frame_equal(runs[0], runs[1], atol=1e-6)

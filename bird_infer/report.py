@@ -1,0 +1,51 @@
+"""The error report written beside the submission: every file that did not get full predictions.
+
+``<submission stem>_errors.csv``, one row per file, columns:
+
+- ``file``: the path as found; ``row_prefix``: its row_id prefix in the submission;
+- ``outcome``: ``fallback`` (every row of the file holds :data:`FALLBACK_PROB`) or ``reduced_folds``
+  (real predictions from fewer folds than the manifest has, chosen by the deadline guard);
+- ``reason``: why (the exception, a dead worker, the time limit); ``attempts``; ``rows``; ``folds``.
+
+The report is written on every run, with only its header when nothing went wrong, so an old report
+never outlives the run that wrote it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+FALLBACK_PROB = 0.0
+"""Every probability of a file that could not be predicted. 0 ranks its rows below every real prediction."""
+
+REPORT_COLUMNS = ["file", "row_prefix", "outcome", "reason", "attempts", "rows", "folds"]
+
+
+@dataclass(frozen=True)
+class ReportEntry:
+    file: Path
+    row_prefix: str
+    outcome: str
+    reason: str
+    attempts: int
+    rows: int
+    folds: int
+
+
+def report_path(submission: str | Path) -> Path:
+    """``submission.csv`` -> ``submission_errors.csv`` in the same folder."""
+    submission = Path(submission)
+    return submission.with_name(f"{submission.stem}_errors.csv")
+
+
+def write_report(entries: list[ReportEntry], submission: str | Path) -> Path:
+    """Write the report beside ``submission`` (via a temporary file) and return its path."""
+    path = report_path(submission)
+    rows = [[str(e.file), e.row_prefix, e.outcome, e.reason, e.attempts, e.rows, e.folds] for e in entries]
+    tmp = path.with_name(path.name + ".tmp")
+    pd.DataFrame(rows, columns=REPORT_COLUMNS).to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path

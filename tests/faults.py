@@ -1,0 +1,74 @@
+"""Predictors that misbehave on purpose, for the fault-injection tests.
+
+They live in a module of their own (not a test file) so that spawned pool workers can import them by
+name. A file's name says what goes wrong when it is processed:
+
+- ``kill_always*``: the worker SIGKILLs itself, on every attempt;
+- ``kill_once*``: the worker SIGKILLs itself on the first attempt only;
+- ``raise_always*`` / ``raise_once*``: the same with an exception raised inside the file;
+- ``nan*``: the last fold's ONNX session returns NaN.
+
+"Only the first attempt" is remembered across processes by a ``<name>.tried`` marker file beside the
+audio (not an audio extension, so the job never picks it up).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from bird_infer.pipeline import FilePredictor, FileResult, StageTimes
+
+
+class NanSession:
+    """Wraps an ONNX Runtime session; returns NaN in the shape of the real output."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def run(self, outputs, feeds):
+        return [np.full_like(y, np.nan) for y in self.session.run(outputs, feeds)]
+
+
+class FaultyPredictor(FilePredictor):
+    def predict_file(self, path: Path, n_folds: int | None = None) -> FileResult:
+        name = path.name
+        marker = path.with_name(name + ".tried")
+        first = not marker.exists()
+        if name.startswith(("kill_", "raise_")):
+            marker.touch()
+        if name.startswith("kill_always") or (name.startswith("kill_once") and first):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if name.startswith("raise_always") or (name.startswith("raise_once") and first):
+            raise RuntimeError(f"injected fault in {name}")
+        if name.startswith("nan"):
+            real = self.ensemble.sessions[-1]
+            self.ensemble.sessions[-1] = NanSession(real)
+            try:
+                return super().predict_file(path, n_folds)
+            finally:
+                self.ensemble.sessions[-1] = real
+        return super().predict_file(path, n_folds)
+
+
+class SlowPredictor(FilePredictor):
+    """Real predictions, but each file costs 0.02 s per chunk + 0.1 s per chunk per fold (sleeping).
+
+    Makes the deadline guard's decisions visible with tiny models, whatever the machine's speed.
+    """
+
+    overhead_s_per_chunk = 0.02
+    model_s_per_chunk_fold = 0.1
+
+    def predict_file(self, path: Path, n_folds: int | None = None) -> FileResult:
+        r = super().predict_file(path, n_folds)
+        extra_front = self.overhead_s_per_chunk * r.n_chunks
+        extra_model = self.model_s_per_chunk_fold * r.n_chunks * r.n_folds
+        time.sleep(extra_front + extra_model)
+        t = r.times
+        return replace(r, times=StageTimes(t.decode_s, t.frontend_s + extra_front, t.model_s + extra_model))
