@@ -27,7 +27,7 @@ def add_predict_arguments(p: argparse.ArgumentParser, defaults: dict[str, object
                    help="sample_submission.csv whose column order to use; labels must match the models'")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default 0: one per core)")
     p.add_argument("--threads-per-worker", type=int, default=1, help="ONNX Runtime threads per worker (default 1)")
-    p.add_argument("--batch-size", type=int, default=4, help="chunks per model call (default 4)")
+    p.add_argument("--batch-size", type=int, default=1, help="chunks per model call (default 1: fastest on CPU)")
     p.add_argument("--time-limit-min", type=float, default=d.get("time_limit_min"),
                    help="time limit in minutes: the run degrades (fewer folds, then fallback rows) to finish "
                         "inside it; see bird_infer/deadline.py")

@@ -19,7 +19,7 @@ from bird_infer.audio import audio_info, find_audio_files, n_chunks_for
 from bird_infer.deadline import Deadline, DeadlineGuard
 from bird_infer.errors import AudioDecodeError
 from bird_infer.manifest import Manifest, load_manifest
-from bird_infer.pipeline import FileFailure, FileResult, RunOptions, resolve_workers
+from bird_infer.pipeline import FileFailure, FileResult, RunOptions, StageTimes, resolve_workers
 from bird_infer.progress import Progress
 from bird_infer.report import FALLBACK_PROB, ReportEntry, write_report
 from bird_infer.scheduler import Outcome, predict_files
@@ -42,6 +42,14 @@ class JobSummary:
     """Files whose rows hold the fallback."""
     n_reduced: int
     """Files predicted with fewer folds than the manifest has (deadline guard)."""
+    n_chunks: int
+    """Chunks predicted (fallback rows excluded)."""
+    stages: StageTimes
+    """Worker seconds per stage, summed over files."""
+    write_s: float
+    """Seconds to build and write the CSV and the report."""
+    worker_peak_mb: float
+    """The largest peak resident memory any worker reported."""
 
 
 def header_chunks(paths: list[Path], manifest: Manifest) -> list[int | None]:
@@ -111,17 +119,25 @@ def run_predict(
             log.info(progress.line())
 
     outcomes = predict_files(paths, manifest, options, on_result=report, guard=guard)
+    t_write = time.perf_counter()
     probs, entries = settle(outcomes, prefixes, rows, len(manifest.labels), len(manifest.folds))
     df = build_submission(prefixes, probs, manifest.labels, manifest.audio.clip_s, sample_cols)
     out_path = write_submission(df, out)
     rep = write_report(entries, out_path)
+    write_s = time.perf_counter() - t_write
     wall = time.perf_counter() - started
+    done = [r for r in outcomes if isinstance(r, FileResult)]
+    stages = StageTimes(*(sum(getattr(r.times, f) for r in done) for f in ("decode_s", "frontend_s", "model_s")))
     n_failed = sum(e.outcome == "fallback" for e in entries)
     n_reduced = len(entries) - n_failed
     log.info("wrote %s: %d rows from %d files in %.1f s", out_path, len(df), len(paths), wall)
     if entries:
         log.warning("%d file(s) got fallback rows, %d fewer folds: see %s", n_failed, n_reduced, rep)
-    return JobSummary(out_path, rep, len(paths), len(df), wall, workers, n_failed, n_reduced)
+    return JobSummary(
+        out_path, rep, len(paths), len(df), wall, workers, n_failed, n_reduced,
+        n_chunks=sum(r.n_chunks for r in done), stages=stages, write_s=write_s,
+        worker_peak_mb=max((r.peak_mb for r in done), default=0.0),
+    )
 
 
 def settle(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ class FileResult:
     n_folds: int = 0
     """Folds averaged for this file (fewer than the manifest's when the deadline guard degraded it)."""
     attempts: int = 1
+    peak_mb: float = 0.0
+    """Peak resident memory of the process that predicted the file, in MiB, when it finished."""
 
     @property
     def n_chunks(self) -> int:
@@ -95,6 +98,25 @@ def resolve_workers(requested: int, n_files: int) -> int:
     """0 means one per core; never more workers than files."""
     workers = requested if requested > 0 else available_cores()
     return max(1, min(workers, n_files))
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory in MiB (0.0 where the OS does not say).
+
+    Linux: ``VmHWM`` from /proc, which starts afresh at exec. (``getrusage``'s ``ru_maxrss`` is carried
+    across exec on Linux, so a freshly spawned worker would report its parent's peak.)
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 def limit_native_threads(threads: int) -> None:
@@ -136,7 +158,8 @@ class FilePredictor:
             model += t3 - t2
             t0 = time.perf_counter()
         probs = np.concatenate(parts, axis=0)
-        return FileResult(path=path, probs=probs, times=StageTimes(decode, frontend, model), n_folds=k)
+        times = StageTimes(decode, frontend, model)
+        return FileResult(path=path, probs=probs, times=times, n_folds=k, peak_mb=peak_memory_mb())
 
 
 def describe_exception(e: BaseException) -> str:
