@@ -71,7 +71,8 @@ def test_pool_equals_single_process(tmp_path, tiny_bundle) -> None:
     single_run = run_predict(audio, manifest.root, tmp_path / "a.csv", options=RunOptions(in_process=True))
     single = pd.read_csv(single_run.out_path)
     pooled = pd.read_csv(run_predict(audio, manifest.root, tmp_path / "b.csv", options=RunOptions(workers=2)).out_path)
-    pd.testing.assert_frame_equal(single, pooled)
+    # Equal up to the CSV's 6 significant digits: BLAS and ONNX Runtime may round differently per process.
+    pd.testing.assert_frame_equal(single, pooled, check_exact=False, rtol=1e-5, atol=1e-6)
 
 
 def test_batch_size_does_not_change_results(tmp_path, tiny_bundle) -> None:
