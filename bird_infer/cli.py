@@ -83,7 +83,57 @@ def example_from_args(args: argparse.Namespace) -> int:
     from bird_infer.example import write_example
 
     path = write_example(args.out, args.seconds)
-    print(f"wrote {path} ({args.seconds:g} s synthetic soundscape)")
+    print(f"wrote {path} ({args.seconds:g} s synthetic soundscape) and its ground truth, "
+          f"{path.parent / 'example_truth.csv'}")
+    return 0
+
+
+def train_from_args(args: argparse.Namespace) -> int:
+    try:
+        import torch
+
+        from bird_infer.manifest import load_training_config
+        from bird_infer.train.augment import AugmentConfig
+        from bird_infer.train.recipe import RecipeConfig
+        from bird_infer.train.run import run_training
+    except ImportError as e:
+        raise BirdInferError(f"train needs the train extra: pip install 'bird_infer[train]' ({e})") from e
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_training_config(args.config)
+    augment = AugmentConfig() if not args.no_augment else AugmentConfig(
+        mixup_p=0, gaussian_p=0, uniform_p=0, pitch_p=0, background_p=0, specaug_p=0)
+    recipe = RecipeConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                          augment=augment)
+    paths = run_training(config, args.data, args.out, recipe, args.folds, args.n_folds, args.all_data,
+                         args.pretrained, args.background)
+    for p in paths:
+        print(f"wrote {p}")
+    print(f"export with: bird-infer export --config {args.out / 'train_config.json'} --checkpoints "
+          f"{' '.join(str(p) for p in paths)} --out <models folder> --check-audio <recordings>")
+    return 0
+
+
+def synth_from_args(args: argparse.Namespace) -> int:
+    from bird_infer.train.synth import CALL_TYPES, CorpusSpec, write_corpus
+
+    labels = tuple(list(CALL_TYPES)[: args.species])
+    spec = CorpusSpec(labels=labels, clips_per_label=args.clips_per_label, soundscapes=args.soundscapes,
+                      soundscape_s=args.soundscape_s)
+    out = write_corpus(args.out, spec, args.background, args.seed, clips=args.clips_per_label > 0,
+                       soundscapes=args.soundscapes > 0)
+    print(f"wrote {out}: {len(labels)} species, {args.clips_per_label} clips each, {args.soundscapes} soundscapes")
+    return 0
+
+
+def score_from_args(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from bird_infer.metrics import padded_cmap
+
+    score = padded_cmap(pd.read_csv(args.truth), pd.read_csv(args.submission), args.padding)
+    print(f"padded cmAP = {score:.4f}")
     return 0
 
 
@@ -109,6 +159,37 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", type=Path, default=Path("example_audio"), help="folder to write into")
     ex.add_argument("--seconds", type=float, default=30.0, help="length (default 30)")
     ex.set_defaults(func=example_from_args)
+    tr = sub.add_parser("train", help="train SED folds with the seed's recipe (needs the train extra)")
+    tr.add_argument("--config", type=Path, required=True, help="training config JSON (labels, audio, frontend, model)")
+    tr.add_argument("--data", type=Path, required=True,
+                    help="train_metadata.csv + train_audio/ (BirdCLEF layout), or one folder per class")
+    tr.add_argument("--out", type=Path, required=True, help="folder for checkpoints + train_config.json")
+    tr.add_argument("--all-data", action="store_true", help="pre-train one model on all the data (no folds)")
+    tr.add_argument("--pretrained", type=Path, help="checkpoint to fine-tune from (e.g. <out>/pretrained.pt)")
+    tr.add_argument("--folds", type=int, nargs="*", help="folds to train (default: all)")
+    tr.add_argument("--n-folds", type=int, default=5)
+    tr.add_argument("--epochs", type=int, default=50)
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--seed", type=int, default=42)
+    tr.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    tr.add_argument("--background", type=Path, nargs="*", help="recordings to mix in as background noise")
+    tr.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
+    tr.set_defaults(func=train_from_args)
+    sy = sub.add_parser("synth", help="write a synthetic call corpus (training clips, test soundscapes, truth)")
+    sy.add_argument("--out", type=Path, required=True)
+    sy.add_argument("--species", type=int, default=12, help="call types to use (at most 12)")
+    sy.add_argument("--clips-per-label", type=int, default=40)
+    sy.add_argument("--soundscapes", type=int, default=4)
+    sy.add_argument("--soundscape-s", type=int, default=600)
+    sy.add_argument("--background", type=Path, nargs="*", help="real recordings to use as background")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.set_defaults(func=synth_from_args)
+    sc = sub.add_parser("score", help="padded cmAP of a submission against a ground truth CSV")
+    sc.add_argument("--truth", type=Path, required=True)
+    sc.add_argument("--submission", type=Path, required=True)
+    sc.add_argument("--padding", type=int, default=5)
+    sc.set_defaults(func=score_from_args)
     return parser
 
 

@@ -1,7 +1,8 @@
 """A synthetic example soundscape, so that a fresh checkout can run the main job with no data.
 
-Background noise with FM sweeps, trills and harmonic calls at known times. Not a bird, and the
-shipped seeded-random folds will not recognise anything in it: it exists to exercise the pipeline.
+Generated noise with one call of a synthetic species (:mod:`bird_infer.train.synth`, the call types the
+shipped demo folds were trained on) every 5-s row, in a fixed order, and the ground truth beside it
+(``example_truth.csv`` in the same folder, submission format) so that ``bird-infer score`` can check the predictions.
 """
 
 from __future__ import annotations
@@ -9,39 +10,45 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import soundfile as sf
 
+from bird_infer.train.synth import CALL_TYPES, Backgrounds, make_call
+
 BLOCK_S = 10  # libsndfile can crash encoding a long ogg in one call: write in blocks
+CLIP_S = 5
+SNR_DB = 15.0
 
 
-def synth_soundscape(seconds: float = 30.0, sample_rate: int = 32000, seed: int = 0) -> np.ndarray:
-    """Mono float32 in [-1, 1]: brownish noise plus a call every few seconds."""
+def synth_soundscape(seconds: float = 30.0, sample_rate: int = 32000, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Mono float32 in [-1, 1], and the species called in each 5-s row (one call per row, mid-row)."""
     rng = np.random.default_rng(seed)
+    bg = Backgrounds([], sample_rate, rng)
     n = int(seconds * sample_rate)
-    noise = np.cumsum(rng.standard_normal(n)) * 1e-3
-    noise -= np.convolve(noise, np.ones(512) / 512, mode="same")  # remove the drift, keep the rumble
-    x = 0.02 * noise / (np.abs(noise).max() + 1e-9) + 0.003 * rng.standard_normal(n)
-    t_call = np.arange(int(0.6 * sample_rate)) / sample_rate
-    envelope = np.hanning(t_call.size)
-    calls = [
-        np.sin(2 * np.pi * (2000 * t_call + 3000 * t_call**2)),  # up-sweep
-        np.sin(2 * np.pi * 4000 * t_call + 20 * np.sin(2 * np.pi * 25 * t_call)),  # trill
-        sum(np.sin(2 * np.pi * k * 900 * t_call) / k for k in range(1, 5)),  # harmonic stack
-    ]
-    for i, start_s in enumerate(np.arange(1.0, seconds - 1.0, 3.7)):
-        start = int(start_s * sample_rate)
-        call = 0.2 * envelope * calls[i % len(calls)]
-        x[start : start + call.size] += call[: n - start]
-    return np.clip(x, -1, 1).astype(np.float32)
+    x = bg.get(n)
+    labels = list(CALL_TYPES)
+    called = []
+    for row in range(int(seconds // CLIP_S)):
+        label = labels[row % len(labels)]
+        call = make_call(label, rng, sample_rate).astype(np.float64)
+        start = int((row * CLIP_S + 1.5) * sample_rate)
+        gain = bg.rms * 10 ** (SNR_DB / 20) / np.sqrt(np.mean(call**2))
+        x[start : start + call.size] += gain * call[: n - start]
+        called.append(label)
+    return np.clip(x, -1, 1).astype(np.float32), called
 
 
 def write_example(folder: str | Path, seconds: float = 30.0, sample_rate: int = 32000) -> Path:
-    """Write ``example_soundscape.ogg`` into ``folder`` and return its path."""
+    """Write ``example_soundscape.ogg`` and ``example_truth.csv`` into ``folder``; return the audio's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "example_soundscape.ogg"
-    x = synth_soundscape(seconds, sample_rate)
+    x, called = synth_soundscape(seconds, sample_rate)
     with sf.SoundFile(path, "w", samplerate=sample_rate, channels=1, format="OGG", subtype="VORBIS") as f:
         for start in range(0, x.size, BLOCK_S * sample_rate):
             f.write(x[start : start + BLOCK_S * sample_rate])
+    labels = list(CALL_TYPES)
+    truth = pd.DataFrame([[int(lab == c) for lab in labels] for c in called], columns=labels)
+    truth.insert(0, "row_id", [f"{path.stem}_{CLIP_S * (i + 1)}" for i in range(len(called))])
+    truth.to_csv(folder / "example_truth.csv", index=False)  # not an audio file: predict skips it
     return path

@@ -1,0 +1,173 @@
+"""Past fp32: ONNX Runtime static int8 (QDQ) and OpenVINO fp32/bf16, against the shipped fp32 folds.
+
+    python -m benchmarks.precision [--audio DIR ...] [--bound 0.02]
+
+For each variant it reports the model time per chunk per fold (one process, one thread, batch 1,
+median) and the largest |p - p_fp32| of the *ensemble's* probabilities on real audio chunks. A variant
+whose error exceeds ``--bound`` is marked refused. This is only meaningful on trained weights: run it on
+the trained demo folds (or your own), never on random ones.
+
+int8 is calibrated on the first half of the chunks (ORT's MinMax calibrator, per-channel weights) and
+judged on the second half. OpenVINO is optional (``pip install openvino``); bf16 needs CPU support
+(AVX512-BF16 or AMX), which Kaggle's CPUs may lack: the report says what this machine has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_AUDIO = ROOT.parent / "shared" / "data" / "audio"
+
+
+def median_ms(run, x: np.ndarray, repeats: int = 20) -> float:
+    for _ in range(3):
+        run(x[:1])
+    times = []
+    for i in range(repeats):
+        xi = x[i % len(x) : i % len(x) + 1]
+        t0 = time.perf_counter()
+        run(xi)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def ort_runner(path: Path):
+    from bird_infer.ensemble import make_session
+
+    sess = make_session(str(path), 1)
+    name_in = sess.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return sess.run(["clipwise"], {name_in: x})[0]
+
+    return run
+
+
+def ov_runner(path: Path, precision: str):
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(str(path), "CPU", {
+        "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1,
+        "ENABLE_CPU_PINNING": False, "PERFORMANCE_HINT": "LATENCY",
+    })
+    out = compiled.output("clipwise")
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return compiled(x)[out]
+
+    return run
+
+
+def quantize_int8(src: Path, dst: Path, calib: np.ndarray) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"logmel": calib[i : i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    pre = dst.with_suffix(".pre.onnx")
+    quant_pre_process(str(src), str(pre))
+    # The convolutions carry ~all the FLOPs; the attention head stays fp32.
+    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
+
+
+def raw_exports(checkpoints: list[Path], config_path: Path, folder: Path) -> list[Path]:
+    """Un-optimised ONNX straight from the fold checkpoints: ORT's quantizer needs the plain graph (it fails
+    on the shipped, already fused files with contrib ops)."""
+    import torch
+
+    from bird_infer.export import _export_raw, load_fold_checkpoint
+    from bird_infer.manifest import load_training_config
+
+    config = load_training_config(config_path)
+    out = []
+    for k, ckpt in enumerate(checkpoints):
+        model = load_fold_checkpoint(ckpt, config)
+        path = folder / f"fold{k}_raw.onnx"
+        _export_raw(model, torch.zeros(1, config.frontend.n_mels, 501), path)
+        out.append(path)
+    return out
+
+
+def ensemble(runs, x: np.ndarray) -> np.ndarray:
+    return np.mean([np.concatenate([r(x[i : i + 1]) for i in range(len(x))]) for r in runs], axis=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bird_infer.export import check_chunks_from_audio
+    from bird_infer.frontend import LogMelFrontend
+    from bird_infer.manifest import load_manifest
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", type=Path, default=ROOT / "models")
+    p.add_argument("--audio", type=Path, nargs="*", default=[SHARED_AUDIO])
+    p.add_argument("--chunks", type=int, default=48, help="chunks: half to calibrate int8, half to judge")
+    p.add_argument("--bound", type=float, default=0.02, help="largest accepted |p - p_fp32| (default 0.02)")
+    p.add_argument("--checkpoints", type=Path, nargs="*", help="the folds' torch checkpoints (for int8)")
+    p.add_argument("--config", type=Path, help="their train_config.json (for int8)")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+
+    m = load_manifest(args.models)
+    waves = check_chunks_from_audio(args.audio, m, max_chunks=args.chunks)
+    feats = LogMelFrontend(m.frontend, m.audio.sample_rate)(waves)
+    calib, judge = feats[: len(feats) // 2], feats[len(feats) // 2 :]
+    paths = [m.fold_path(f) for f in m.folds]
+    fp32 = [ort_runner(pth) for pth in paths]
+    ref = ensemble(fp32, judge)
+    result = {"models": str(args.models), "description": m.description[:80], "judge_chunks": len(judge),
+              "bound": args.bound, "variants": {}}
+    variants = {"ort_fp32": fp32}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.checkpoints and args.config:
+            q = []
+            for k, raw in enumerate(raw_exports(args.checkpoints, args.config, Path(tmp))):
+                dst = Path(tmp) / f"fold{k}_int8.onnx"
+                quantize_int8(raw, dst, calib)
+                q.append(ort_runner(dst))
+            variants["ort_int8_qdq"] = q
+        else:
+            result["int8"] = "skipped: needs --checkpoints and --config (quantised from the plain export)"
+        try:
+            import openvino as ov
+
+            caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            result["openvino"] = {"version": ov.__version__, "cpu_capabilities": list(caps)}
+            variants["openvino_fp32"] = [ov_runner(pth, "f32") for pth in paths]
+            if "BF16" in caps:
+                variants["openvino_bf16"] = [ov_runner(pth, "bf16") for pth in paths]
+        except ImportError:
+            result["openvino"] = "not installed"
+        for name, runs in variants.items():
+            ms = float(np.median([median_ms(r, judge) for r in runs]))
+            delta = float(np.abs(ensemble(runs, judge) - ref).max())
+            result["variants"][name] = {"ms_per_chunk_per_fold": round(ms, 2), "max_abs_delta_p": round(delta, 5),
+                                        "accepted": delta <= args.bound}
+            print(f"{name}: {ms:.1f} ms/chunk/fold, max |dp| {delta:.4f} "
+                  f"({'accepted' if delta <= args.bound else 'REFUSED'})", file=sys.stderr)
+    fp = result["variants"]["ort_fp32"]["ms_per_chunk_per_fold"]
+    for v in result["variants"].values():
+        v["speedup_vs_ort_fp32"] = round(fp / v["ms_per_chunk_per_fold"], 2)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
