@@ -68,7 +68,9 @@ def first_existing(candidates: list[Path]) -> Path | None:
 def kaggle_defaults(bundle: Path | None) -> dict[str, object]:
     base = kaggle_input()
     competition = sorted(base.glob("*/test_soundscapes")) if base.is_dir() else []
-    model_dirs = [r / "models" for r in ([bundle] if bundle else []) + search_roots()]
+    # Models next to this script, in the working directory or in an attached dataset come before those of
+    # the installed package (the shipped demo folds, trained on synthetic species).
+    model_dirs = [r / "models" for r in search_roots() + ([bundle] if bundle else [])]
     defaults: dict[str, object] = {
         "out": Path("submission.csv"),
         "time_limit_min": TIME_LIMIT_MIN,

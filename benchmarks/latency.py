@@ -71,12 +71,13 @@ def sgemm_gflops() -> float:
     return float(out.stdout.strip())
 
 
-def _model_only(models: str, feats: np.ndarray, batch_size: int, repeats: int) -> float:
+def _model_only(models: str, feats: np.ndarray, session, repeats: int) -> float:
     """Seconds for ``repeats`` passes of every fold over ``feats`` in this process (after one warm-up)."""
-    from bird_infer.ensemble import FoldEnsemble, SessionSettings
+    from bird_infer.ensemble import FoldEnsemble
     from bird_infer.manifest import load_manifest
 
-    ens = FoldEnsemble(load_manifest(models, verify=False), SessionSettings(1, batch_size))
+    batch_size = session.batch_size
+    ens = FoldEnsemble(load_manifest(models, verify=False), session)
     ens.fold_outputs(feats[:batch_size])
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -191,7 +192,8 @@ def run(args: argparse.Namespace) -> dict:
     waves = read_chunks(paths[0], manifest.audio)[: args.model_chunks]
     feats = LogMelFrontend(manifest.frontend, manifest.audio.sample_rate)(waves)
     result: dict = {"machine": {"cores": cores, "workers": workers, "cpu": cpu_name()}, "models": str(args.models),
-                    "folds": len(manifest.folds), "batch_size": args.batch_size}
+                    "folds": len(manifest.folds), "batch_size": args.batch_size,
+                    "backend": f"{args.backend} {args.precision}"}
 
     torch_ok = not args.no_torch and has_torch()
     if torch_ok:  # first, before this process sets thread limits for its own children
@@ -206,7 +208,9 @@ def run(args: argparse.Namespace) -> dict:
     result["sgemm_gflops_1_thread"] = round(sgemm_gflops(), 1)
 
     limit_native_threads(1)
-    options = RunOptions(workers=workers, session=SessionSettings(1, args.batch_size))
+    session = SessionSettings(backend=args.backend, precision=args.precision, intra_op_threads=1,
+                              batch_size=args.batch_size)
+    options = RunOptions(workers=workers, session=session)
     startup = pool_startup_s(str(args.models), workers)
     with tempfile.TemporaryDirectory() as tmp:
         summary = run_predict(audio_dir, args.models, Path(tmp) / "submission.csv", options=options)
@@ -220,12 +224,12 @@ def run(args: argparse.Namespace) -> dict:
         "ms_per_chunk_worker": {"decode": ms(st.decode_s / chunks), "frontend": ms(st.frontend_s / chunks),
                                 "models": ms(st.model_s / chunks),
                                 "models_per_fold": ms(st.model_s / chunks / len(manifest.folds))},
-        "write_s": round(summary.write_s, 3), "failed_files": summary.n_failed,
+        "write_s": round(summary.write_s, 3), "failed_files": summary.n_failed, "precision": summary.precision,
     }
     result["worker_peak_mb"] = round(summary.worker_peak_mb, 1)
 
     repeats = max(1, args.model_repeats)
-    elapsed = parallel(_model_only, workers, [(str(args.models), feats, args.batch_size, repeats)] * workers)
+    elapsed = parallel(_model_only, workers, [(str(args.models), feats, session, repeats)] * workers)
     model_only_cps = sum(repeats * len(feats) / e for e in elapsed)
     result["model_only"] = {"chunks_per_s": round(model_only_cps, 2),
                             "ms_per_chunk_per_fold_per_process": ms(np.median(elapsed) / repeats / len(feats)
@@ -315,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--audio-dir", type=Path, help="where to write/reuse them (default: a temp folder)")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--model-chunks", type=int, default=24, help="chunks for model-only timing (default 24)")
     p.add_argument("--model-repeats", type=int, default=3)
     p.add_argument("--torch-chunks", type=int, default=32, help="chunks for the PyTorch baselines (default 32)")

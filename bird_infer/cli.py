@@ -28,6 +28,12 @@ def add_predict_arguments(p: argparse.ArgumentParser, defaults: dict[str, object
     p.add_argument("--workers", type=int, default=0, help="worker processes (default 0: one per core)")
     p.add_argument("--threads-per-worker", type=int, default=1, help="ONNX Runtime threads per worker (default 1)")
     p.add_argument("--batch-size", type=int, default=1, help="chunks per model call (default 1: fastest on CPU)")
+    p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                   help="inference engine (openvino needs the openvino extra)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: openvino only; runs only if the accuracy guard accepts it, else fp32")
+    p.add_argument("--precision-bound", type=float, default=0.02,
+                   help="accuracy guard: largest accepted |p - p_fp32| (default 0.02)")
     p.add_argument("--time-limit-min", type=float, default=d.get("time_limit_min"),
                    help="time limit in minutes: the run degrades (fewer folds, then fallback rows) to finish "
                         "inside it; see bird_infer/deadline.py")
@@ -43,11 +49,14 @@ def predict_from_args(args: argparse.Namespace) -> int:
     limit_native_threads(args.threads_per_worker)
     options = RunOptions(
         workers=args.workers,
-        session=SessionSettings(intra_op_threads=args.threads_per_worker, batch_size=args.batch_size),
+        session=SessionSettings(backend=args.backend, precision=args.precision,
+                                intra_op_threads=args.threads_per_worker, batch_size=args.batch_size),
+        precision_bound=args.precision_bound,
     )
     limit_s = args.time_limit_min * 60 if args.time_limit_min else None
     summary = run_predict(args.audio, args.models, args.out, args.sample_submission, options, limit_s)
-    print(f"wrote {summary.out_path} ({summary.n_rows} rows, {summary.n_files} files) in {summary.wall_s:.1f} s")
+    print(f"wrote {summary.out_path} ({summary.n_rows} rows, {summary.n_files} files) in {summary.wall_s:.1f} s "
+          f"with {summary.precision}")
     if summary.n_failed or summary.n_reduced:
         print(f"{summary.n_failed} file(s) with fallback rows, {summary.n_reduced} with fewer folds: "
               f"see {summary.report_path}")

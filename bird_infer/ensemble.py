@@ -24,10 +24,18 @@ class NonFiniteOutputError(BirdInferError):
     """A fold produced NaN or inf."""
 
 
+BACKENDS = ("onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class SessionSettings:
-    """How each ONNX Runtime session runs."""
+    """How each fold's session runs."""
 
+    backend: str = "onnxruntime"
+    """``onnxruntime`` (default, always available) or ``openvino`` (the ``[openvino]`` extra)."""
+    precision: str = "fp32"
+    """``fp32``, or ``bf16`` (OpenVINO only, on CPUs with AVX512-BF16/AMX; only behind the accuracy guard)."""
     intra_op_threads: int = 1
     """Threads one session uses inside an operator; 1 when each core runs its own worker process."""
     batch_size: int = 1
@@ -44,6 +52,36 @@ def make_session(path: str, intra_op_threads: int = 1) -> ort.InferenceSession:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # errors only: ORT warns about unused initializers after fusion
     return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def make_openvino_runner(path: str, threads: int, precision: str, output: str):
+    """A callable feats -> output for one fold, compiled by OpenVINO for this CPU.
+
+    CPU pinning is switched off: with it, OpenVINO pins each single-thread worker process to the same
+    core, and two workers then share one core.
+    """
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise BirdInferError("the openvino backend needs the openvino extra: pip install 'bird_infer[openvino]'") from e
+    core = ov.Core()
+    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise PrecisionRefusedError("bf16 refused: this CPU has no bf16 support (AVX512-BF16 or AMX)")
+    compiled = core.compile_model(path, "CPU", {
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False,
+        "PERFORMANCE_HINT": "LATENCY",
+    })
+    port = compiled.output(output)
+    return lambda name_in, x: compiled({name_in: x})[port]
+
+
+class PrecisionRefusedError(BirdInferError):
+    """A reduced precision was refused: unsupported here, or too far from fp32 (the accuracy guard)."""
+
+
+def _ort_runner(session: ort.InferenceSession, output: str):
+    return lambda name_in, x: session.run([output], {name_in: x})[0]
 
 
 def combine_folds(fold_probs: np.ndarray, rule: str) -> np.ndarray:
@@ -65,13 +103,20 @@ class FoldEnsemble:
 
     def __init__(self, manifest: Manifest, settings: SessionSettings | None = None) -> None:
         self.manifest = manifest
-        self.settings = settings or SessionSettings()
-        self.sessions = [
-            make_session(str(manifest.fold_path(f)), self.settings.intra_op_threads) for f in manifest.folds
-        ]
+        self.settings = st = settings or SessionSettings()
+        if st.backend not in BACKENDS or st.precision not in PRECISIONS:
+            raise ValueError(f"backend must be one of {BACKENDS} and precision one of {PRECISIONS}")
+        if st.backend == "onnxruntime" and st.precision != "fp32":
+            raise PrecisionRefusedError("ONNX Runtime runs the folds in fp32 only; bf16 needs --backend openvino")
         segment = manifest.ensemble.output == "segment_max"
         self._outputs = [(f.segmentwise if segment else f.clipwise).name for f in manifest.folds]  # type: ignore[union-attr]
         self._inputs = [f.input.name for f in manifest.folds]
+        if st.backend == "openvino":
+            self.sessions = [make_openvino_runner(str(manifest.fold_path(f)), st.intra_op_threads, st.precision, o)
+                             for f, o in zip(manifest.folds, self._outputs, strict=True)]
+        else:
+            self.sessions = [_ort_runner(make_session(str(manifest.fold_path(f)), st.intra_op_threads), o)
+                             for f, o in zip(manifest.folds, self._outputs, strict=True)]
 
     @property
     def n_folds(self) -> int:
@@ -88,10 +133,9 @@ class FoldEnsemble:
         n = feats.shape[0]
         bs = self.settings.batch_size
         out = np.empty((k_used, n, len(self.manifest.labels)), dtype=np.float32)
-        folds = zip(self.sessions[:k_used], self._inputs, self._outputs, strict=False)
-        for k, (sess, name_in, name_out) in enumerate(folds):
+        for k, (run, name_in) in enumerate(zip(self.sessions[:k_used], self._inputs, strict=False)):
             for start in range(0, n, bs):
-                (y,) = sess.run([name_out], {name_in: feats[start : start + bs]})
+                y = run(name_in, feats[start : start + bs])
                 if y.ndim == 3:  # segmentwise (batch, labels, segments): the max over time
                     y = y.max(axis=2)
                 out[k, start : start + bs] = y
@@ -104,3 +148,21 @@ class FoldEnsemble:
         """feats (n_chunks, n_mels, frames) -> combined, clipped probabilities (n_chunks, n_labels) float32."""
         combined = combine_folds(self.fold_outputs(feats, n_folds), self.manifest.ensemble.combine)
         return clip_probabilities(combined).astype(np.float32, copy=False)
+
+
+PRECISION_BOUND = 0.02
+"""The accuracy guard's default: the largest accepted |p - p_fp32| on the check chunks."""
+
+
+def check_precision(manifest: Manifest, settings: SessionSettings, feats: np.ndarray,
+                    bound: float = PRECISION_BOUND) -> float:
+    """The accuracy guard: max |p - p_fp32| of the ensemble with ``settings`` against ONNX Runtime fp32 on
+    ``feats`` (n_chunks, n_mels, frames) of real audio. Raises PrecisionRefusedError above ``bound``."""
+    reference = FoldEnsemble(manifest, SessionSettings(intra_op_threads=settings.intra_op_threads)).predict(feats)
+    delta = float(np.abs(FoldEnsemble(manifest, settings).predict(feats) - reference).max())
+    if delta > bound:
+        raise PrecisionRefusedError(
+            f"{settings.backend} {settings.precision} refused: max |p - p_fp32| = {delta:.4f} on {len(feats)} "
+            f"chunks exceeds the bound {bound:g}"
+        )
+    return delta

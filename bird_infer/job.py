@@ -7,6 +7,7 @@ everywhere plus an entry in the error report (see :mod:`bird_infer.report`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bird_infer.audio import audio_info, find_audio_files, n_chunks_for
+from bird_infer.audio import audio_info, find_audio_files, iter_chunk_blocks, n_chunks_for
 from bird_infer.deadline import Deadline, DeadlineGuard
+from bird_infer.ensemble import PrecisionRefusedError, check_precision
 from bird_infer.errors import AudioDecodeError
+from bird_infer.frontend import LogMelFrontend
 from bird_infer.manifest import Manifest, load_manifest
 from bird_infer.pipeline import FileFailure, FileResult, RunOptions, StageTimes, resolve_workers
 from bird_infer.progress import Progress
@@ -50,6 +53,8 @@ class JobSummary:
     """Seconds to build and write the CSV and the report."""
     worker_peak_mb: float
     """The largest peak resident memory any worker reported."""
+    precision: str = "onnxruntime fp32"
+    """What the folds ran as, and the accuracy guard's measurement when it ran."""
 
 
 def header_chunks(paths: list[Path], manifest: Manifest) -> list[int | None]:
@@ -101,6 +106,7 @@ def run_predict(
     root = Path(audio) if Path(audio).is_dir() else Path(audio).parent
     prefixes = unique_stems(paths, root)
     rows = fallback_rows(header_chunks(paths, manifest))
+    options, precision = guard_precision(manifest, options, paths)
     progress = Progress(len(paths), sum(rows), time_limit_s)
     workers = 1 if options.in_process else resolve_workers(options.workers, max(1, len(paths)))
     guard = None
@@ -136,8 +142,36 @@ def run_predict(
     return JobSummary(
         out_path, rep, len(paths), len(df), wall, workers, n_failed, n_reduced,
         n_chunks=sum(r.n_chunks for r in done), stages=stages, write_s=write_s,
-        worker_peak_mb=max((r.peak_mb for r in done), default=0.0),
+        worker_peak_mb=max((r.peak_mb for r in done), default=0.0), precision=precision,
     )
+
+
+GUARD_CHUNKS = 8
+
+
+def guard_precision(manifest: Manifest, options: RunOptions, paths: list[Path]) -> tuple[RunOptions, str]:
+    """The accuracy guard, before the pool starts: a backend or precision other than ONNX Runtime fp32 runs
+    only if its probabilities stay within ``options.precision_bound`` of fp32 on the first chunks of the
+    first readable file. Refused (or unsupported by this CPU): the run goes on in ONNX Runtime fp32."""
+    st = options.session
+    if st.backend == "onnxruntime" and st.precision == "fp32":
+        return options, "onnxruntime fp32"
+    fallback = dataclasses.replace(options, session=dataclasses.replace(st, backend="onnxruntime", precision="fp32"))
+    frontend = LogMelFrontend(manifest.frontend, manifest.audio.sample_rate)
+    for p in paths:
+        try:
+            block = next(iter_chunk_blocks(p, manifest.audio, GUARD_CHUNKS))
+        except (AudioDecodeError, StopIteration):
+            continue
+        try:
+            delta = check_precision(manifest, st, frontend(block), options.precision_bound)
+        except PrecisionRefusedError as e:
+            log.warning("%s; running in onnxruntime fp32", e)
+            return fallback, f"onnxruntime fp32 ({e})"
+        note = f"{st.backend} {st.precision} (max |p - p_fp32| = {delta:.4f} on {len(block)} chunks of {p.name})"
+        log.info("accuracy guard: %s", note)
+        return options, note
+    return fallback, f"onnxruntime fp32 ({st.backend} {st.precision} not checked: no readable audio)"
 
 
 def settle(

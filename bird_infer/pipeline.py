@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bird_infer.audio import iter_chunk_blocks
-from bird_infer.ensemble import FoldEnsemble, SessionSettings
+from bird_infer.ensemble import PRECISION_BOUND, FoldEnsemble, SessionSettings
 from bird_infer.frontend import LogMelFrontend
 from bird_infer.manifest import Manifest
 
@@ -37,6 +37,8 @@ class RunOptions:
     """Chunks decoded and featurised at once per worker (bounds memory for long files)."""
     in_process: bool = False
     """Run every file in this process, no pool (debugging; a crash in a native library then ends the run)."""
+    precision_bound: float = PRECISION_BOUND
+    """The accuracy guard's bound on |p - p_fp32| for a backend/precision other than ONNX Runtime fp32."""
     max_attempts: int = 2
     """Tries per file: a file that raises, or whose worker dies, is retried once before it gets fallback rows."""
     predictor_factory: Callable[[Manifest, RunOptions], FilePredictor] | None = None

@@ -26,13 +26,13 @@ from bird_infer.pipeline import FilePredictor, FileResult, StageTimes
 
 
 class NanSession:
-    """Wraps an ONNX Runtime session; returns NaN in the shape of the real output."""
+    """Wraps a fold's runner; returns NaN in the shape of the real output."""
 
-    def __init__(self, session) -> None:
-        self.session = session
+    def __init__(self, runner) -> None:
+        self.runner = runner
 
-    def run(self, outputs, feeds):
-        return [np.full_like(y, np.nan) for y in self.session.run(outputs, feeds)]
+    def __call__(self, name_in, x):
+        return np.full_like(self.runner(name_in, x), np.nan)
 
 
 class FaultyPredictor(FilePredictor):
