@@ -111,8 +111,7 @@ def train_from_args(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_training_config(args.config)
-    augment = AugmentConfig() if not args.no_augment else AugmentConfig(
-        mixup_p=0, gaussian_p=0, uniform_p=0, pitch_p=0, background_p=0, specaug_p=0)
+    augment = AugmentConfig.off() if args.no_augment else AugmentConfig()
     recipe = RecipeConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                           augment=augment)
     paths = run_training(config, args.data, args.out, recipe, args.folds, args.n_folds, args.all_data,

@@ -16,7 +16,6 @@ Times count from the start of the job (``run_predict``), not from the start of t
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -121,4 +120,4 @@ class DeadlineGuard:
         return elapsed_s >= self.deadline.stop_s
 
     def seconds_to_stop(self, elapsed_s: float) -> float:
-        return max(0.0, self.deadline.stop_s - elapsed_s) if math.isfinite(self.deadline.stop_s) else math.inf
+        return max(0.0, self.deadline.stop_s - elapsed_s)

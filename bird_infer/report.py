@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bird_infer.submission import write_csv_atomic
+
 FALLBACK_PROB = 0.0
 """Every probability of a file that could not be predicted. 0 ranks its rows below every real prediction."""
 
@@ -43,9 +45,5 @@ def report_path(submission: str | Path) -> Path:
 
 def write_report(entries: list[ReportEntry], submission: str | Path) -> Path:
     """Write the report beside ``submission`` (via a temporary file) and return its path."""
-    path = report_path(submission)
     rows = [[str(e.file), e.row_prefix, e.outcome, e.reason, e.attempts, e.rows, e.folds] for e in entries]
-    tmp = path.with_name(path.name + ".tmp")
-    pd.DataFrame(rows, columns=REPORT_COLUMNS).to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
+    return write_csv_atomic(pd.DataFrame(rows, columns=REPORT_COLUMNS), report_path(submission))

@@ -90,11 +90,16 @@ def build_submission(
     return df
 
 
-def write_submission(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write the CSV (via a temporary file, so a crash never leaves half a submission)."""
+def write_csv_atomic(df: pd.DataFrame, path: str | Path, float_format: str | None = None) -> Path:
+    """Write ``df`` via a temporary file, so that a crash never leaves half a CSV."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
+    df.to_csv(tmp, index=False, float_format=float_format)
     tmp.replace(path)
     return path
+
+
+def write_submission(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write the submission CSV (atomically; probabilities with 6 significant digits)."""
+    return write_csv_atomic(df, path, FLOAT_FORMAT)

@@ -151,9 +151,8 @@ def test_spec_augment_masks_bands_with_the_mean_and_leaves_the_rest() -> None:
 
 
 def test_augment_wave_with_everything_off_is_the_identity() -> None:
-    off = augment.AugmentConfig(gaussian_p=0, uniform_p=0, pitch_p=0, background_p=0)
     x = tone()
-    assert np.array_equal(augment.augment_wave(x, SR, off, np.random.default_rng(0), x), x)
+    assert np.array_equal(augment.augment_wave(x, SR, augment.AugmentConfig.off(), np.random.default_rng(0), x), x)
 
 
 # --- data layouts -----------------------------------------------------------------------------------
@@ -205,8 +204,7 @@ def test_short_training_lowers_the_loss_and_exports(tmp_path, tiny_config) -> No
     spec = CorpusSpec(labels=labels, clips_per_label=8, soundscapes=0, clip_s=(5.0, 6.0), snr_db=(15.0, 25.0))
     write_corpus(tmp_path / "corpus", spec, seed=0)
     config = dataclasses.replace(tiny_config, labels=labels)
-    off = augment.AugmentConfig(mixup_p=0, gaussian_p=0, uniform_p=0, pitch_p=0, background_p=0, specaug_p=0)
-    recipe = RecipeConfig(epochs=6, batch_size=8, lr=3e-3, augment=off)
+    recipe = RecipeConfig(epochs=6, batch_size=8, lr=3e-3, augment=augment.AugmentConfig.off())
     out = tmp_path / "run"
     paths = run_training(config, tmp_path / "corpus", out, recipe, folds=[0])
     ckpt = torch.load(paths[0], map_location="cpu", weights_only=True)

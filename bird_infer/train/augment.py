@@ -35,6 +35,11 @@ class AugmentConfig:
     time_masks: int = 2
     time_mask_frames: int = 40
 
+    @classmethod
+    def off(cls) -> AugmentConfig:
+        """Every augmentation switched off."""
+        return cls(mixup_p=0, gaussian_p=0, uniform_p=0, pitch_p=0, background_p=0, specaug_p=0)
+
 
 def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))) + 1e-9)

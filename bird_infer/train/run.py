@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bird_infer.audio import AUDIO_EXTENSIONS
+from bird_infer.audio import find_audio_files
 from bird_infer.manifest import TrainingConfig
 from bird_infer.train.data import load_records, load_waveform, make_folds
 from bird_infer.train.recipe import RecipeConfig, save_checkpoint, train_model, write_train_config
@@ -21,8 +21,7 @@ log = logging.getLogger(__name__)
 
 def load_backgrounds(sources: list[Path], config: TrainingConfig, max_s: float = 600.0) -> list[np.ndarray]:
     """Background recordings for mixing, at the config's rate (files or folders, searched recursively)."""
-    files = sorted(p for s in sources for p in ([s] if s.is_file() else s.rglob("*"))
-                   if p.suffix.lower() in AUDIO_EXTENSIONS)
+    files = sorted(p for s in sources for p in find_audio_files(s))
     return [load_waveform(p, config.audio, max_s) for p in files]
 
 

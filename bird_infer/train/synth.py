@@ -195,12 +195,11 @@ class Backgrounds:
         self.material: np.ndarray | None = None
         parts = []
         if sources:
-            from bird_infer.audio import AUDIO_EXTENSIONS, read_chunks
+            from bird_infer.audio import find_audio_files, read_chunks
             from bird_infer.manifest import AudioConfig
 
             cfg = AudioConfig(sample_rate=sample_rate, clip_s=5.0)
-            files = sorted(p for s in sources for p in ([s] if s.is_file() else s.rglob("*"))
-                           if p.suffix.lower() in AUDIO_EXTENSIONS)
+            files = sorted(p for s in sources for p in find_audio_files(s))
             for p in files:
                 parts.append(read_chunks(p, cfg).reshape(-1))
         if parts:
