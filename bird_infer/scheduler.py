@@ -150,14 +150,15 @@ def _run_in_pool(run: _Run, manifest: Manifest, workers: int) -> None:
             # Suspects run alone, so that a death among them has one culprit; otherwise keep every
             # worker busy with one file queued behind it.
             broken = False
-            cap = 1 if run.suspects else 2 * workers
+            suspect_mode = bool(run.suspects)
+            cap = 1 if suspect_mode else 2 * workers
             while not broken and len(in_flight) < cap and (i := run.next_index()) is not None:
                 run.attempts[i] += 1
                 try:
                     in_flight[pool.submit(predict_in_worker, run.paths[i], run.folds_for_next())] = i
                 except BrokenProcessPool:  # a worker died since the last look: this file never started
                     run.attempts[i] -= 1
-                    run.queue.appendleft(i)
+                    (run.suspects if suspect_mode else run.queue).appendleft(i)  # back where it came from
                     broken = True
             if not in_flight and not broken:
                 return
