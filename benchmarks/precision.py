@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -55,10 +56,17 @@ def ov_runner(path: Path, precision: str):
     import openvino as ov
 
     core = ov.Core()
-    compiled = core.compile_model(str(path), "CPU", {
-        "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1,
-        "ENABLE_CPU_PINNING": False, "PERFORMANCE_HINT": "LATENCY",
-    })
+    compiled = core.compile_model(
+        str(path),
+        "CPU",
+        {
+            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_NUM_THREADS": 1,
+            "NUM_STREAMS": 1,
+            "ENABLE_CPU_PINNING": False,
+            "PERFORMANCE_HINT": "LATENCY",
+        },
+    )
     out = compiled.output("clipwise")
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -78,11 +86,27 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray) -> None:
         def get_next(self):
             return next(self.items, None)
 
-    pre = dst.with_suffix(".pre.onnx")
-    quant_pre_process(str(src), str(pre))
+    pre = dst.with_suffix(".pre.onnx").resolve()
+    # Symbolic shape inference writes temporary files (sym_shape_infer_temp.onnx, <uuid>.data) into the
+    # working directory: run it inside a temporary one so that nothing lands in the checkout.
+    cwd = Path.cwd()
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)
+        try:
+            quant_pre_process(str(Path(src).resolve()), str(pre))
+        finally:
+            os.chdir(cwd)
     # The convolutions carry ~all the FLOPs; the attention head stays fp32.
-    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
+    quantize_static(
+        str(pre),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv"],
+    )
 
 
 def raw_exports(checkpoints: list[Path], config_path: Path, folder: Path) -> list[Path]:
@@ -129,8 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     paths = [m.fold_path(f) for f in m.folds]
     fp32 = [ort_runner(pth) for pth in paths]
     ref = ensemble(fp32, judge)
-    result = {"models": str(args.models), "description": m.description[:80], "judge_chunks": len(judge),
-              "bound": args.bound, "variants": {}}
+    result = {
+        "models": str(args.models),
+        "description": m.description[:80],
+        "judge_chunks": len(judge),
+        "bound": args.bound,
+        "variants": {},
+    }
     variants = {"ort_fp32": fp32}
     with tempfile.TemporaryDirectory() as tmp:
         if args.checkpoints and args.config:
@@ -155,10 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         for name, runs in variants.items():
             ms = float(np.median([median_ms(r, judge) for r in runs]))
             delta = float(np.abs(ensemble(runs, judge) - ref).max())
-            result["variants"][name] = {"ms_per_chunk_per_fold": round(ms, 2), "max_abs_delta_p": round(delta, 5),
-                                        "accepted": delta <= args.bound}
-            print(f"{name}: {ms:.1f} ms/chunk/fold, max |dp| {delta:.4f} "
-                  f"({'accepted' if delta <= args.bound else 'REFUSED'})", file=sys.stderr)
+            result["variants"][name] = {
+                "ms_per_chunk_per_fold": round(ms, 2),
+                "max_abs_delta_p": round(delta, 5),
+                "accepted": delta <= args.bound,
+            }
+            print(
+                f"{name}: {ms:.1f} ms/chunk/fold, max |dp| {delta:.4f} "
+                f"({'accepted' if delta <= args.bound else 'REFUSED'})",
+                file=sys.stderr,
+            )
     fp = result["variants"]["ort_fp32"]["ms_per_chunk_per_fold"]
     for v in result["variants"].values():
         v["speedup_vs_ort_fp32"] = round(fp / v["ms_per_chunk_per_fold"], 2)

@@ -1,14 +1,28 @@
-"""Reading soundscapes: any format libsndfile reads (ogg, wav, flac, mp3...), any rate, any channels.
+"""Reading soundscapes: any format libsndfile reads (ogg, wav, flac, mp3, aiff...), any rate, any channels.
 
 Files are read in blocks, mixed down to mono float32, resampled with soxr (streaming, high quality)
 to the manifest's rate and cut into chunks. Memory stays bounded by the block size whatever the
-file's length. The number of chunks comes from the input's duration: ceil(duration / clip_s), at
-least 1, the last chunk zero-padded, so resampler rounding never adds or drops a row.
+file's length.
+
+**A header's length is a claim.** The rows a file gets follow one rule, the same for every format:
+
+- the audio that decodes is predicted: ``ceil(decoded duration / clip_s)`` chunks, the last one
+  zero-padded (at least 1, so an empty file still gets one row);
+- where the header claims more (a file cut short, a lying header), the rest of the claimed length gets
+  fallback rows and the file is reported ``partial``;
+- a claim is capped at :data:`MAX_FILE_S` (24 hours), and a header whose length is unknown or beyond
+  the cap is decoded to its end, at most to the cap: no header can make the CSV or memory explode;
+- a sample rate outside [:data:`MIN_SAMPLE_RATE`, :data:`MAX_SAMPLE_RATE`] is refused as implausible.
+
+Files are opened through a Python file object, so names that are not valid UTF-8 read like any other.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import stat
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +34,37 @@ import soxr
 from bird_infer.errors import AudioDecodeError
 from bird_infer.manifest import AudioConfig
 
-AUDIO_EXTENSIONS = (".ogg", ".wav", ".flac", ".mp3", ".oga", ".opus")
+# Extensions that mark an entry as audio. Every one found under --audio gets rows or a report line;
+# libsndfile cannot decode some (m4a, aac, webm, wma): those are reported with the reason.
+AUDIO_EXTENSIONS = (
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".wav",
+    ".wave",
+    ".flac",
+    ".mp3",
+    ".aif",
+    ".aiff",
+    ".aifc",
+    ".caf",
+    ".w64",
+    ".au",
+    ".snd",
+    ".m4a",
+    ".aac",
+    ".webm",
+    ".wma",
+    ".amr",
+)
+MIN_SAMPLE_RATE = 1_000
+"""Hz. Below this a header is not believed (the lowest rates recorders use are 8 kHz)."""
+MAX_SAMPLE_RATE = 1_536_000
+"""Hz. Above this a header is not believed (ultrasonic bat recorders reach 768 kHz)."""
+MAX_FILE_S = 24 * 3600.0
+"""Longest length a file is given rows for (seconds): 17 280 rows at 5 s. Caps lying headers."""
+READ_S = 1.0
+"""Seconds of input per libsndfile call: a decode error mid-file loses at most this much audio."""
 
 
 @dataclass(frozen=True)
@@ -29,12 +73,18 @@ class AudioInfo:
 
     path: Path
     sample_rate: int
-    frames: int
+    header_frames: int
+    """Frames the header claims (FLAC's "length unknown" reads as 2**63 - 1)."""
     channels: int
 
     @property
+    def frames(self) -> int | None:
+        """The claim if believed: None when it is beyond :data:`MAX_FILE_S` (the file is decoded to its end)."""
+        return self.header_frames if self.header_frames <= MAX_FILE_S * self.sample_rate else None
+
+    @property
     def duration_s(self) -> float:
-        return self.frames / self.sample_rate
+        return (self.frames or 0) / self.sample_rate
 
 
 def n_chunks_for(frames: int, sample_rate: int, clip_s: float) -> int:
@@ -42,76 +92,233 @@ def n_chunks_for(frames: int, sample_rate: int, clip_s: float) -> int:
     return max(1, math.ceil(frames / (sample_rate * clip_s) - 1e-9))
 
 
-def audio_info(path: str | Path) -> AudioInfo:
-    """Read the header only. Raises AudioDecodeError if libsndfile cannot open the file."""
-    path = Path(path)
+def max_chunks(clip_s: float) -> int:
+    """The most rows any file gets (:data:`MAX_FILE_S` of audio)."""
+    return math.ceil(MAX_FILE_S / clip_s)
+
+
+def claimed_chunks(info: AudioInfo, clip_s: float) -> int:
+    """Rows the header claims, capped at :func:`max_chunks`; 1 when the length is unknown."""
+    if info.frames is None:
+        return 1
+    return min(n_chunks_for(info.frames, info.sample_rate, clip_s), max_chunks(clip_s))
+
+
+def entry_problem(path: Path) -> str | None:
+    """Why an entry found under --audio cannot be opened as a file, or None when it can.
+
+    Never opens the entry: a FIFO would block the reader for ever.
+    """
     try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise AudioDecodeError(f"{path}: cannot open as audio ({e})") from e
-    if info.samplerate <= 0 or info.channels <= 0:
-        raise AudioDecodeError(f"{path}: header gives {info.samplerate} Hz and {info.channels} channels")
-    frames = max(0, int(info.frames))
-    return AudioInfo(path=path, sample_rate=int(info.samplerate), frames=frames, channels=info.channels)
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "broken symbolic link (its target does not exist)" if os.path.islink(path) else "vanished"
+    except OSError as e:
+        return f"cannot stat ({e.strerror})"
+    if stat.S_ISFIFO(st.st_mode):
+        return "a FIFO (named pipe), not a regular file: not read"
+    if stat.S_ISSOCK(st.st_mode):
+        return "a socket, not a regular file: not read"
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return "a device, not a regular file: not read"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file: not read"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return None
+
+
+class _ReadOnlySoundFile(sf.SoundFile):
+    """soundfile re-seeks after every read to keep its read and write positions in step. Read-only, that
+    seek is redundant, and it fails on FLAC files whose STREAMINFO says "length unknown" (total samples
+    0, which the FLAC format allows). Reporting "not seekable" skips it; reads then take explicit sizes."""
+
+    def seekable(self) -> bool:
+        return False
+
+
+def _wav_claimed_frames(fh) -> int | None:
+    """Frames a RIFF/WAVE header's ``data`` chunk claims (libsndfile reports only what is present)."""
+    head = fh.read(1 << 16)
+    fh.seek(0)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+        return None
+    endian = "<" if head[:4] == b"RIFF" else ">"
+    pos, block_align = 12, 0
+    while pos + 8 <= len(head):
+        cid, size = head[pos : pos + 4], struct.unpack(endian + "I", head[pos + 4 : pos + 8])[0]
+        if cid == b"fmt " and pos + 22 <= len(head):
+            block_align = struct.unpack(endian + "H", head[pos + 20 : pos + 22])[0]
+        if cid == b"data":
+            return size // block_align if block_align > 0 and size != 0xFFFFFFFF else None
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _open(path: Path):
+    try:
+        fh = open(path, "rb")  # a file object: libsndfile then reads any file name, UTF-8 or not
+    except OSError as e:
+        raise AudioDecodeError(f"{path.name}: cannot open ({e.strerror})") from e
+    return fh
+
+
+def _info_from(fh, path: Path) -> tuple[sf.SoundFile, AudioInfo]:
+    wav_frames = _wav_claimed_frames(fh)  # before libsndfile reads through the same file object
+    try:
+        f = _ReadOnlySoundFile(fh)
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
+        reason = getattr(e, "error_string", None) or str(e)  # libsndfile's words, without the file object's repr
+        raise AudioDecodeError(f"{path.name}: cannot open as audio ({reason})") from e
+    sr, channels = int(f.samplerate), int(f.channels)
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE or channels <= 0:
+        f.close()
+        raise AudioDecodeError(
+            f"{path.name}: header gives {sr} Hz and {channels} channels; not believed (rates from "
+            f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz are read)"
+        )
+    frames = max(0, int(f.frames), wav_frames or 0)
+    return f, AudioInfo(path=path, sample_rate=sr, header_frames=frames, channels=channels)
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Read the header only. Raises AudioDecodeError if it cannot be read or is implausible."""
+    path = Path(path)
+    problem = entry_problem(path)
+    if problem:
+        raise AudioDecodeError(f"{path.name}: {problem}")
+    with _open(path) as fh:
+        f, info = _info_from(fh, path)
+        f.close()
+    return info
+
+
+class ChunkReader:
+    """Iterate over a file's chunks in blocks of up to ``block_chunks``, each (k, chunk_samples) float32.
+
+    After iteration: ``claimed`` (rows the header claims, capped), ``decoded`` (chunks yielded) and
+    ``error`` (why decoding stopped before the end, or None). Mono mixdown is the mean over channels;
+    non-finite samples (NaN or inf in float files) become 0. Opening failures raise AudioDecodeError; a
+    failure after audio has decoded ends the iteration and is kept in ``error``.
+    """
+
+    def __init__(self, path: str | Path, audio: AudioConfig, block_chunks: int = 12) -> None:
+        self.path = Path(path)
+        self.audio = audio
+        self.block_chunks = max(1, block_chunks)
+        self.claimed = 0
+        self.decoded = 0
+        self.error: str | None = None
+        """Why the file has fewer predicted rows than it claims (the rest get fallback rows)."""
+        self.note: str | None = None
+        """A header that was not believed, though every row is predicted."""
+        self.info: AudioInfo | None = None
+
+    @property
+    def rows(self) -> int:
+        """Rows this file gets: what decoded, or the claim when that is longer."""
+        return max(self.claimed, self.decoded, 1)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        problem = entry_problem(self.path)
+        if problem:
+            raise AudioDecodeError(f"{self.path.name}: {problem}")
+        with _open(self.path) as fh:
+            f, info = _info_from(fh, self.path)
+            with f:
+                self.info = info
+                self.claimed = claimed_chunks(info, self.audio.clip_s)
+                yield from self._blocks(f, info)
+
+    def _blocks(self, f: sf.SoundFile, info: AudioInfo) -> Iterator[np.ndarray]:
+        chunk, sr_in = self.audio.chunk_samples, info.sample_rate
+        limit_out = max_chunks(self.audio.clip_s) * chunk
+        resampler = (
+            None
+            if sr_in == self.audio.sample_rate
+            else soxr.ResampleStream(sr_in, self.audio.sample_rate, 1, dtype="float32", quality="HQ")
+        )
+        read_frames = max(1, round(READ_S * sr_in))
+        want = self.block_chunks * chunk
+        pending: list[np.ndarray] = []
+        pending_n = 0
+        emitted = 0
+        read_in = 0
+        limit_in = math.ceil(MAX_FILE_S * sr_in)
+        last = False
+        while not last:
+            try:
+                data = f.read(min(read_frames, limit_in - read_in), dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError, OSError, ValueError, MemoryError) as e:
+                if read_in == 0:
+                    raise AudioDecodeError(f"{self.path.name}: cannot decode ({type(e).__name__}: {e})") from e
+                reason = getattr(e, "error_string", None) or str(e)
+                self.error = f"decoding stopped after {read_in / sr_in:.1f} s ({type(e).__name__}: {reason})"
+                data = np.zeros((0, 1), np.float32)
+            read_in += data.shape[0]
+            last = data.shape[0] == 0 or read_in >= limit_in
+            if last and read_in == 0 and (info.frames is None or info.frames > 0):
+                raise AudioDecodeError(f"{self.path.name}: no audio decodes ({self.error or 'no data'})")
+            mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+            if resampler is not None:
+                mono = resampler.resample_chunk(mono, last=last)
+            if mono.size:
+                pending.append(np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0))
+                pending_n += mono.size
+            if last:  # zero-pad the last partial chunk (and give an empty file one chunk of silence)
+                pad = (-(emitted + pending_n)) % chunk if emitted + pending_n else chunk
+                if pad:
+                    pending.append(np.zeros(pad, np.float32))
+                    pending_n += pad
+            while pending_n >= want or (last and pending_n > 0):
+                buf = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                take = min(want, pending_n, limit_out - emitted) // chunk * chunk
+                if take <= 0:
+                    pending, pending_n = [], 0
+                    break
+                yield buf[:take].reshape(-1, chunk)
+                emitted += take
+                self.decoded = emitted // chunk
+                rest = buf[take:]
+                pending, pending_n = ([rest], rest.size) if rest.size else ([], 0)
+        if self.error is None and read_in >= limit_in:
+            self.error = f"the file continues past the {MAX_FILE_S / 3600:g}-hour cap: the rest is not read"
+        if self.error is None and info.frames is None and info.header_frames < 2**62:
+            self.note = (
+                f"the header claims {info.header_frames / sr_in:.0f} s, beyond the {MAX_FILE_S / 3600:g}-hour "
+                f"cap: not believed; {read_in / sr_in:.1f} s decoded and predicted"
+            )
+        if self.error is None and info.frames is not None and self.decoded < self.claimed:
+            self.error = f"the header claims {info.frames / sr_in:.1f} s but only {read_in / sr_in:.1f} s decodes"
 
 
 def iter_chunk_blocks(path: str | Path, audio: AudioConfig, block_chunks: int = 12) -> Iterator[np.ndarray]:
-    """Yield the file's chunks in blocks of up to ``block_chunks``, each (k, chunk_samples) float32.
-
-    Mono mixdown is the mean over channels. Non-finite samples (NaN or inf in float files) become 0.
-    Raises AudioDecodeError when the file cannot be decoded.
-    """
-    path = Path(path)
-    chunk = audio.chunk_samples
-    try:
-        with sf.SoundFile(str(path)) as f:
-            sr_in = int(f.samplerate)
-            n_chunks = n_chunks_for(max(0, f.frames), sr_in, audio.clip_s)
-            total_out = n_chunks * chunk
-            resampler = None if sr_in == audio.sample_rate else soxr.ResampleStream(
-                sr_in, audio.sample_rate, 1, dtype="float32", quality="HQ"
-            )
-            read_frames = max(1, round(block_chunks * audio.clip_s * sr_in))
-            want = block_chunks * chunk
-            pending: list[np.ndarray] = []
-            pending_n = emitted = 0
-            while emitted < total_out:
-                data = f.read(read_frames, dtype="float32", always_2d=True)
-                last = data.shape[0] < read_frames
-                mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-                if resampler is not None:
-                    mono = resampler.resample_chunk(mono, last=last)
-                if mono.size:
-                    pending.append(np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0))
-                    pending_n += mono.size
-                if last and pending_n < total_out - emitted:  # zero-pad the last partial chunk
-                    pending.append(np.zeros(total_out - emitted - pending_n, dtype=np.float32))
-                    pending_n = total_out - emitted
-                while pending_n >= want or (last and pending_n >= chunk):
-                    buf = np.concatenate(pending) if len(pending) > 1 else pending[0]
-                    take = min(want, pending_n, total_out - emitted) // chunk * chunk
-                    if take == 0:
-                        break
-                    yield buf[:take].reshape(-1, chunk)
-                    emitted += take
-                    rest = buf[take:]
-                    pending, pending_n = ([rest], rest.size) if rest.size else ([], 0)
-                if last:
-                    break
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-        raise AudioDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e
+    """The decodable chunks of a file in blocks (see :class:`ChunkReader`). Raises AudioDecodeError."""
+    return iter(ChunkReader(path, audio, block_chunks))
 
 
 def read_chunks(path: str | Path, audio: AudioConfig) -> np.ndarray:
-    """All chunks of a file at once, (n_chunks, chunk_samples) float32. For short files and tests."""
+    """All decodable chunks of a file at once, (n_chunks, chunk_samples) float32. For short files and tests."""
     return np.concatenate(list(iter_chunk_blocks(path, audio)), axis=0)
 
 
-def find_audio_files(folder: str | Path) -> list[Path]:
-    """Audio files under ``folder`` (recursively), sorted by path, so rows come out in a stable order."""
+def find_audio_entries(folder: str | Path) -> list[Path]:
+    """Every entry under ``folder`` (recursively) whose name ends in an audio extension, sorted by path:
+    regular files, and also broken links, FIFOs and the like (see :func:`entry_problem`), so that each
+    gets its rows or a report line. Symbolic links to folders are not followed (no loops)."""
     folder = Path(folder)
-    if folder.is_file():
-        return [folder]
     if not folder.is_dir():
+        if folder.exists() or folder.is_symlink():
+            return [folder]
         raise FileNotFoundError(f"audio folder {folder} does not exist")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        names = filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        found.extend(Path(dirpath) / n for n in names if os.path.splitext(n)[1].lower() in AUDIO_EXTENSIONS)
+    return sorted(found)
+
+
+def find_audio_files(folder: str | Path) -> list[Path]:
+    """Readable regular audio files under ``folder`` (recursively), sorted by path."""
+    return [p for p in find_audio_entries(folder) if entry_problem(p) is None]

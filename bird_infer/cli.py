@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,31 +15,98 @@ from bird_infer.errors import BirdInferError
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
+def _number(text: str, kind: type, low: float, low_ok: bool, what: str) -> float | int:
+    """Parse an option's value; argparse turns the ArgumentTypeError into a message and exit status 2."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not math.isfinite(value) or value < low or (value == low and not low_ok):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return int(_number(text, int, 1, True, "a whole number >= 1"))
+
+
+def non_negative_int(text: str) -> int:
+    return int(_number(text, int, 0, True, "a whole number >= 0"))
+
+
+def positive_float(text: str) -> float:
+    return float(_number(text, float, 0, False, "a finite number > 0"))
+
+
+def non_negative_float(text: str) -> float:
+    return float(_number(text, float, 0, True, "a finite number >= 0"))
+
+
 def add_predict_arguments(p: argparse.ArgumentParser, defaults: dict[str, object] | None = None) -> None:
     """The predict options, shared with kaggle_kernel.py (which passes Kaggle's defaults)."""
     d = defaults or {}
-    p.add_argument("--audio", type=Path, default=d.get("audio"), required="audio" not in d,
-                   help="folder of soundscapes (searched recursively) or one file")
-    p.add_argument("--models", type=Path, default=d.get("models", DEFAULT_MODELS),
-                   help="folder holding manifest.json and the fold .onnx files (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=d.get("out", Path("submission.csv")),
-                   help="submission CSV to write (default: %(default)s)")
-    p.add_argument("--sample-submission", type=Path, default=d.get("sample_submission"),
-                   help="sample_submission.csv whose column order to use; labels must match the models'")
-    p.add_argument("--workers", type=int, default=0, help="worker processes (default 0: one per core)")
-    p.add_argument("--threads-per-worker", type=int, default=1, help="ONNX Runtime threads per worker (default 1)")
-    p.add_argument("--batch-size", type=int, default=1, help="chunks per model call (default 1: fastest on CPU)")
-    p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
-                   help="inference engine (openvino needs the openvino extra)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: openvino only; runs only if the accuracy guard accepts it, else fp32")
-    p.add_argument("--precision-bound", type=float, default=0.02,
-                   help="accuracy guard: largest accepted |p - p_fp32| (default 0.02)")
-    p.add_argument("--time-limit-min", type=float, default=d.get("time_limit_min"),
-                   help="time limit in minutes: the run degrades (fewer folds, then fallback rows) to finish "
-                        "inside it; see bird_infer/deadline.py")
-    p.add_argument("--strict", action="store_true",
-                   help="exit with status 1 if any file got fallback rows (the CSV is still written)")
+    p.add_argument(
+        "--audio",
+        type=Path,
+        default=d.get("audio"),
+        required="audio" not in d,
+        help="folder of soundscapes (searched recursively) or one file",
+    )
+    p.add_argument(
+        "--models",
+        type=Path,
+        default=d.get("models", DEFAULT_MODELS),
+        help="folder holding manifest.json and the fold .onnx files (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=d.get("out", Path("submission.csv")),
+        help="submission CSV to write (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sample-submission",
+        type=Path,
+        default=d.get("sample_submission"),
+        help="sample_submission.csv whose column order to use; labels must match the models'",
+    )
+    p.add_argument("--workers", type=non_negative_int, default=0, help="worker processes (default 0: one per core)")
+    p.add_argument(
+        "--threads-per-worker", type=positive_int, default=1, help="ONNX Runtime threads per worker (default 1)"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=1, help="chunks per model call (default 1: fastest on CPU)"
+    )
+    p.add_argument(
+        "--backend",
+        choices=["onnxruntime", "openvino"],
+        default="onnxruntime",
+        help="inference engine (openvino needs the openvino extra)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: openvino only; runs only if the accuracy guard accepts it, else fp32",
+    )
+    p.add_argument(
+        "--precision-bound",
+        type=non_negative_float,
+        default=0.02,
+        help="accuracy guard: largest accepted |p - p_fp32| (default 0.02)",
+    )
+    p.add_argument(
+        "--time-limit-min",
+        type=positive_float,
+        default=d.get("time_limit_min"),
+        help="time limit in minutes: the run degrades (fewer folds, then fallback rows) to finish "
+        "inside it; see bird_infer/deadline.py",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 1 if any file got fallback rows (the CSV is still written)",
+    )
 
 
 def predict_from_args(args: argparse.Namespace) -> int:
@@ -49,18 +117,29 @@ def predict_from_args(args: argparse.Namespace) -> int:
     limit_native_threads(args.threads_per_worker)
     options = RunOptions(
         workers=args.workers,
-        session=SessionSettings(backend=args.backend, precision=args.precision,
-                                intra_op_threads=args.threads_per_worker, batch_size=args.batch_size),
+        session=SessionSettings(
+            backend=args.backend,
+            precision=args.precision,
+            intra_op_threads=args.threads_per_worker,
+            batch_size=args.batch_size,
+        ),
         precision_bound=args.precision_bound,
     )
-    limit_s = args.time_limit_min * 60 if args.time_limit_min else None
+    limit_s = args.time_limit_min * 60 if args.time_limit_min is not None else None
     summary = run_predict(args.audio, args.models, args.out, args.sample_submission, options, limit_s)
-    print(f"wrote {summary.out_path} ({summary.n_rows} rows, {summary.n_files} files) in {summary.wall_s:.1f} s "
-          f"with {summary.precision}")
-    if summary.n_failed or summary.n_reduced:
-        print(f"{summary.n_failed} file(s) with fallback rows, {summary.n_reduced} with fewer folds: "
-              f"see {summary.report_path}")
-    return 1 if args.strict and summary.n_failed else 0
+    print(
+        f"wrote {summary.out_path} ({summary.n_rows} rows, {summary.n_files} files) in {summary.wall_s:.1f} s "
+        f"with {summary.precision}"
+    )
+    if summary.n_failed or summary.n_partial or summary.n_reduced:
+        print(
+            f"{summary.n_failed} file(s) with fallback rows, {summary.n_partial} partly, {summary.n_reduced} "
+            f"with fewer folds: see {summary.report_path}"
+        )
+    if summary.write_error:
+        print(f"bird-infer: error: {summary.write_error}; the submission is at {summary.out_path}", file=sys.stderr)
+        return 1
+    return 1 if args.strict and (summary.n_failed or summary.n_partial) else 0
 
 
 def export_from_args(args: argparse.Namespace) -> int:
@@ -82,8 +161,10 @@ def export_from_args(args: argparse.Namespace) -> int:
     names = args.fold_names or [f"fold{i}" for i in range(len(models))]
     result = export.export_folds(models, config, args.out, waves, names, args.tolerance)
     for r in result.reports:
-        print(f"{r.name}: max |clipwise onnx - torch| = {r.max_abs_diff:.3g} (tolerance {args.tolerance:g}), "
-              f"output spread {r.output_spread:.3g}")
+        print(
+            f"{r.name}: max |clipwise onnx - torch| = {r.max_abs_diff:.3g} (tolerance {args.tolerance:g}), "
+            f"output spread {r.output_spread:.3g}"
+        )
     print(f"wrote {len(result.reports)} folds and {Path(args.out) / 'manifest.json'}")
     return 0
 
@@ -92,8 +173,10 @@ def example_from_args(args: argparse.Namespace) -> int:
     from bird_infer.example import write_example
 
     path = write_example(args.out, args.seconds)
-    print(f"wrote {path} ({args.seconds:g} s synthetic soundscape) and its ground truth, "
-          f"{path.parent / 'example_truth.csv'}")
+    print(
+        f"wrote {path} ({args.seconds:g} s synthetic soundscape) and its ground truth, "
+        f"{path.parent / 'example_truth.csv'}"
+    )
     return 0
 
 
@@ -112,14 +195,16 @@ def train_from_args(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = load_training_config(args.config)
     augment = AugmentConfig.off() if args.no_augment else AugmentConfig()
-    recipe = RecipeConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          augment=augment)
-    paths = run_training(config, args.data, args.out, recipe, args.folds, args.n_folds, args.all_data,
-                         args.pretrained, args.background)
+    recipe = RecipeConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, augment=augment)
+    paths = run_training(
+        config, args.data, args.out, recipe, args.folds, args.n_folds, args.all_data, args.pretrained, args.background
+    )
     for p in paths:
         print(f"wrote {p}")
-    print(f"export with: bird-infer export --config {args.out / 'train_config.json'} --checkpoints "
-          f"{' '.join(str(p) for p in paths)} --out <models folder> --check-audio <recordings>")
+    print(
+        f"export with: bird-infer export --config {args.out / 'train_config.json'} --checkpoints "
+        f"{' '.join(str(p) for p in paths)} --out <models folder> --check-audio <recordings>"
+    )
     return 0
 
 
@@ -127,10 +212,15 @@ def synth_from_args(args: argparse.Namespace) -> int:
     from bird_infer.train.synth import CALL_TYPES, CorpusSpec, write_corpus
 
     labels = tuple(list(CALL_TYPES)[: args.species])
-    spec = CorpusSpec(labels=labels, clips_per_label=args.clips_per_label, soundscapes=args.soundscapes,
-                      soundscape_s=args.soundscape_s)
-    out = write_corpus(args.out, spec, args.background, args.seed, clips=args.clips_per_label > 0,
-                       soundscapes=args.soundscapes > 0)
+    spec = CorpusSpec(
+        labels=labels,
+        clips_per_label=args.clips_per_label,
+        soundscapes=args.soundscapes,
+        soundscape_s=args.soundscape_s,
+    )
+    out = write_corpus(
+        args.out, spec, args.background, args.seed, clips=args.clips_per_label > 0, soundscapes=args.soundscapes > 0
+    )
     print(f"wrote {out}: {len(labels)} species, {args.clips_per_label} clips each, {args.soundscapes} soundscapes")
     return 0
 
@@ -138,10 +228,34 @@ def synth_from_args(args: argparse.Namespace) -> int:
 def score_from_args(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from bird_infer.metrics import padded_cmap
+    from bird_infer.editions import edition_for
+    from bird_infer.metrics import macro_roc_auc, padded_cmap
 
-    score = padded_cmap(pd.read_csv(args.truth), pd.read_csv(args.submission), args.padding)
-    print(f"padded cmAP = {score:.4f}")
+    edition = edition_for(args.edition) or edition_for(str(args.truth.resolve())) or edition_for(str(args.submission))
+    metric = args.metric or (edition.metric if edition else "padded-cmap")
+    why = "as asked" if args.metric else (f"as {edition.slug} scores" if edition else "the default; no edition known")
+    truth = pd.read_csv(args.truth, dtype={"row_id": str})
+    submission = pd.read_csv(args.submission, dtype={"row_id": str})
+    if metric == "roc-auc":
+        print(f"macro ROC-AUC = {macro_roc_auc(truth, submission):.4f} ({why})")
+    else:
+        print(f"padded cmAP = {padded_cmap(truth, submission, args.padding):.4f} ({why})")
+    return 0
+
+
+def bundle_from_args(args: argparse.Namespace) -> int:
+    from bird_infer.bundle import build_bundle
+
+    result = build_bundle(
+        args.out, args.models, args.python, args.extra, args.dataset_id, args.title, wheels=not args.no_wheels
+    )
+    print(f"wrote {result.folder}: {result.size_bytes / 2**20:.1f} MiB, {len(result.wheels)} wheels")
+    for name in result.wheels:
+        print(f"  wheels/{name}")
+    print(
+        f"upload it: kaggle datasets create -p {result.folder} --dir-mode zip  (edit dataset-metadata.json's id "
+        "first), then attach it to the notebook and paste kaggle_kernel.py into a cell"
+    )
     return 0
 
 
@@ -156,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--config", type=Path, required=True, help="training config JSON (labels, audio, frontend, model)")
     exp.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="one checkpoint per fold")
     exp.add_argument("--out", type=Path, required=True, help="output folder (manifest.json + foldK.onnx)")
-    exp.add_argument("--check-audio", type=Path, nargs="*",
-                     help="real recordings (files or folders) to check parity on")
+    exp.add_argument(
+        "--check-audio", type=Path, nargs="*", help="real recordings (files or folders) to check parity on"
+    )
     exp.add_argument("--check-chunks", type=int, default=16, help="chunks to check on (default 16)")
     exp.add_argument("--fold-names", nargs="*", help="names for the folds (default fold0, fold1, ...)")
     exp.add_argument("--description", help="text for the manifest's description (default: the config's)")
@@ -169,8 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=example_from_args)
     tr = sub.add_parser("train", help="train SED folds with the seed's recipe (needs the train extra)")
     tr.add_argument("--config", type=Path, required=True, help="training config JSON (labels, audio, frontend, model)")
-    tr.add_argument("--data", type=Path, required=True,
-                    help="train_metadata.csv + train_audio/ (BirdCLEF layout), or one folder per class")
+    tr.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="train_metadata.csv + train_audio/ (BirdCLEF layout), or one folder per class",
+    )
     tr.add_argument("--out", type=Path, required=True, help="folder for checkpoints + train_config.json")
     tr.add_argument("--all-data", action="store_true", help="pre-train one model on all the data (no folds)")
     tr.add_argument("--pretrained", type=Path, help="checkpoint to fine-tune from (e.g. <out>/pretrained.pt)")
@@ -193,11 +312,35 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--background", type=Path, nargs="*", help="real recordings to use as background")
     sy.add_argument("--seed", type=int, default=0)
     sy.set_defaults(func=synth_from_args)
-    sc = sub.add_parser("score", help="padded cmAP of a submission against a ground truth CSV")
+    sc = sub.add_parser("score", help="score a submission against a ground truth CSV as a BirdCLEF edition does")
     sc.add_argument("--truth", type=Path, required=True)
     sc.add_argument("--submission", type=Path, required=True)
-    sc.add_argument("--padding", type=int, default=5)
+    sc.add_argument(
+        "--metric",
+        choices=["padded-cmap", "roc-auc"],
+        help="default: the edition's (padded-cmap for 2023, roc-auc for 2024-2026), else padded-cmap",
+    )
+    sc.add_argument("--edition", help="a BirdCLEF slug (birdclef-2025) whose metric to use")
+    sc.add_argument("--padding", type=positive_int, default=5, help="padded cmAP's padding rows (default 5)")
     sc.set_defaults(func=score_from_args)
+    bu = sub.add_parser("bundle", help="write a folder to upload as a Kaggle dataset: code, models, wheels")
+    bu.add_argument("--out", type=Path, required=True, help="new folder to write")
+    bu.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")
+    bu.add_argument(
+        "--python",
+        nargs="+",
+        default=["3.11", "3.12"],
+        help="CPython versions to download wheels for (default: 3.11 3.12)",
+    )
+    bu.add_argument("--extra", nargs="*", default=[], choices=["openvino"], help="optional engines to include")
+    bu.add_argument(
+        "--dataset-id",
+        default="YOUR-KAGGLE-USERNAME/bird-infer-bundle",
+        help="the Kaggle dataset id for dataset-metadata.json (owner/slug)",
+    )
+    bu.add_argument("--title", default="bird-infer bundle")
+    bu.add_argument("--no-wheels", action="store_true", help="leave wheels/ out (notebooks that have the packages)")
+    bu.set_defaults(func=bundle_from_args)
     return parser
 
 
@@ -209,6 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BirdInferError, FileNotFoundError) as e:
         print(f"bird-infer: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bird-infer: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ that runs them: the shipped files are saved at the portable ``EXTENDED`` level (
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,16 @@ class SessionSettings:
     """Chunks per model call. 1 is fastest with one thread per session, and uses least memory (measured
     on the b0 folds, one process: 25 ms and 250 MiB per session at 1, 29 ms and 440 MiB at 4)."""
 
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("intra_op_threads", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
 
 def make_session(path: str, intra_op_threads: int = 1) -> ort.InferenceSession:
     """A CPU session with full graph optimisation and a fixed thread count."""
@@ -67,11 +78,17 @@ def make_openvino_runner(path: str, threads: int, precision: str, output: str):
     core = ov.Core()
     if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         raise PrecisionRefusedError("bf16 refused: this CPU has no bf16 support (AVX512-BF16 or AMX)")
-    compiled = core.compile_model(path, "CPU", {
-        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-        "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False,
-        "PERFORMANCE_HINT": "LATENCY",
-    })
+    compiled = core.compile_model(
+        path,
+        "CPU",
+        {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "ENABLE_CPU_PINNING": False,
+            "PERFORMANCE_HINT": "LATENCY",
+        },
+    )
     port = compiled.output(output)
     return lambda name_in, x: compiled({name_in: x})[port]
 
@@ -84,12 +101,14 @@ def _ort_runner(session: ort.InferenceSession, output: str):
     return lambda name_in, x: session.run([output], {name_in: x})[0]
 
 
-def combine_folds(fold_probs: np.ndarray, rule: str) -> np.ndarray:
-    """(n_folds, n_chunks, n_labels) -> (n_chunks, n_labels) by ``mean`` or ``rms``."""
+def combine_folds(fold_probs: np.ndarray, rule: str, skip_nan: bool = False) -> np.ndarray:
+    """(n_folds, n_chunks, n_labels) -> (n_chunks, n_labels) by ``mean`` or ``rms``; ``skip_nan`` leaves
+    NaN entries out (a fold left out for a chunk)."""
+    mean = np.nanmean if skip_nan else np.mean
     if rule == "mean":
-        return fold_probs.mean(axis=0)
+        return mean(fold_probs, axis=0)
     if rule == "rms":
-        return np.sqrt(np.mean(np.square(fold_probs, dtype=np.float64), axis=0)).astype(fold_probs.dtype)
+        return np.sqrt(mean(np.square(fold_probs, dtype=np.float64), axis=0)).astype(fold_probs.dtype)
     raise ValueError(f"unknown combine rule {rule!r}")
 
 
@@ -112,11 +131,15 @@ class FoldEnsemble:
         self._outputs = [(f.segmentwise if segment else f.clipwise).name for f in manifest.folds]  # type: ignore[union-attr]
         self._inputs = [f.input.name for f in manifest.folds]
         if st.backend == "openvino":
-            self.sessions = [make_openvino_runner(str(manifest.fold_path(f)), st.intra_op_threads, st.precision, o)
-                             for f, o in zip(manifest.folds, self._outputs, strict=True)]
+            self.sessions = [
+                make_openvino_runner(str(manifest.fold_path(f)), st.intra_op_threads, st.precision, o)
+                for f, o in zip(manifest.folds, self._outputs, strict=True)
+            ]
         else:
-            self.sessions = [_ort_runner(make_session(str(manifest.fold_path(f)), st.intra_op_threads), o)
-                             for f, o in zip(manifest.folds, self._outputs, strict=True)]
+            self.sessions = [
+                _ort_runner(make_session(str(manifest.fold_path(f)), st.intra_op_threads), o)
+                for f, o in zip(manifest.folds, self._outputs, strict=True)
+            ]
 
     @property
     def n_folds(self) -> int:
@@ -126,6 +149,7 @@ class FoldEnsemble:
         """feats (n_chunks, n_mels, frames) float32 -> per-fold probabilities (n_folds, n_chunks, n_labels).
 
         ``n_folds`` uses only the first that many folds (the deadline guard drops folds from the end).
+        Non-finite outputs are returned as they are (see :meth:`predict_with_mask`).
         """
         k_used = self.n_folds if n_folds is None else n_folds
         if not 1 <= k_used <= self.n_folds:
@@ -139,23 +163,45 @@ class FoldEnsemble:
                 if y.ndim == 3:  # segmentwise (batch, labels, segments): the max over time
                     y = y.max(axis=2)
                 out[k, start : start + bs] = y
-        if not np.isfinite(out).all():
-            bad = [self.manifest.folds[k].name for k in range(k_used) if not np.isfinite(out[k]).all()]
-            raise NonFiniteOutputError(f"fold(s) {bad} produced NaN or inf")
         return out
 
+    def predict_with_mask(self, feats: np.ndarray, n_folds: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Combined, clipped probabilities (n_chunks, n_labels) float32 and the mask (n_folds_used, n_chunks)
+        of fold outputs left out because they held NaN or inf.
+
+        Each chunk combines the folds whose outputs are finite for it; a chunk with no finite fold is NaN.
+        """
+        outs = self.fold_outputs(feats, n_folds)
+        bad = ~np.isfinite(outs).all(axis=2)
+        if not bad.any():
+            combined = combine_folds(outs, self.manifest.ensemble.combine)
+            return clip_probabilities(combined).astype(np.float32, copy=False), bad
+        masked = np.where(bad[:, :, None], np.nan, outs)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice" for chunks with no fold
+            combined = combine_folds(masked, self.manifest.ensemble.combine, skip_nan=True)
+        return np.where(np.isnan(combined), np.nan, clip_probabilities(combined)).astype(np.float32), bad
+
     def predict(self, feats: np.ndarray, n_folds: int | None = None) -> np.ndarray:
-        """feats (n_chunks, n_mels, frames) -> combined, clipped probabilities (n_chunks, n_labels) float32."""
-        combined = combine_folds(self.fold_outputs(feats, n_folds), self.manifest.ensemble.combine)
-        return clip_probabilities(combined).astype(np.float32, copy=False)
+        """feats (n_chunks, n_mels, frames) -> combined, clipped probabilities (n_chunks, n_labels) float32.
+
+        Folds with non-finite outputs are left out chunk by chunk; raises NonFiniteOutputError when a
+        chunk has no finite fold at all.
+        """
+        probs, bad = self.predict_with_mask(feats, n_folds)
+        if bad.all(axis=0).any():
+            names = [self.manifest.folds[k].name for k in range(bad.shape[0]) if bad[k].any()]
+            raise NonFiniteOutputError(f"fold(s) {names} produced NaN or inf, and no fold was finite")
+        return probs
 
 
 PRECISION_BOUND = 0.02
 """The accuracy guard's default: the largest accepted |p - p_fp32| on the check chunks."""
 
 
-def check_precision(manifest: Manifest, settings: SessionSettings, feats: np.ndarray,
-                    bound: float = PRECISION_BOUND) -> float:
+def check_precision(
+    manifest: Manifest, settings: SessionSettings, feats: np.ndarray, bound: float = PRECISION_BOUND
+) -> float:
     """The accuracy guard: max |p - p_fp32| of the ensemble with ``settings`` against ONNX Runtime fp32 on
     ``feats`` (n_chunks, n_mels, frames) of real audio. Raises PrecisionRefusedError above ``bound``."""
     reference = FoldEnsemble(manifest, SessionSettings(intra_op_threads=settings.intra_op_threads)).predict(feats)

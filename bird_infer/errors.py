@@ -49,3 +49,11 @@ class SubmissionFormatError(BirdInferError):
 
 class ExportError(BirdInferError):
     """A model could not be exported, or the exported model disagrees with its torch source."""
+
+
+class ModelCheckError(ManifestError):
+    """A fold model cannot be loaded or run by the runtime, or computes other shapes than it declares."""
+
+
+class OutputError(BirdInferError):
+    """The output CSV cannot be written where it was asked for."""

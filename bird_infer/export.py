@@ -99,9 +99,7 @@ def load_fold_checkpoint(path: str | Path, config: TrainingConfig) -> nn.Module:
     return model.eval()
 
 
-def check_chunks_from_audio(
-    paths: Sequence[str | Path], config: TrainingConfig, max_chunks: int = 16
-) -> np.ndarray:
+def check_chunks_from_audio(paths: Sequence[str | Path], config: TrainingConfig, max_chunks: int = 16) -> np.ndarray:
     """Up to ``max_chunks`` waveform chunks (n, chunk_samples) taken round-robin from the files under ``paths``."""
     files = [f for p in paths for f in find_audio_files(p)]
     per_file: list[np.ndarray] = []
@@ -221,7 +219,9 @@ def export_folds(
         if spread < 100 * tolerance:
             log.warning(
                 "%s: outputs vary by only %.3g across the check audio: the parity check proves little. "
-                "Are the weights trained (or BatchNorm statistics estimated)?", name, spread,
+                "Are the weights trained (or BatchNorm statistics estimated)?",
+                name,
+                spread,
             )
         n_labels = len(config.labels)
         folds.append(

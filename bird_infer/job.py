@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -16,17 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bird_infer.audio import audio_info, find_audio_files, iter_chunk_blocks, n_chunks_for
+from bird_infer.audio import audio_info, claimed_chunks, entry_problem, find_audio_entries, iter_chunk_blocks
 from bird_infer.deadline import Deadline, DeadlineGuard
 from bird_infer.ensemble import PrecisionRefusedError, check_precision
 from bird_infer.errors import AudioDecodeError
 from bird_infer.frontend import LogMelFrontend
+from bird_infer.machine import cpu_info
 from bird_infer.manifest import Manifest, load_manifest
 from bird_infer.pipeline import FileFailure, FileResult, RunOptions, StageTimes, resolve_workers
+from bird_infer.preflight import check_models, check_output, estimate_csv_bytes, write_outputs
 from bird_infer.progress import Progress
-from bird_infer.report import FALLBACK_PROB, ReportEntry, write_report
+from bird_infer.report import FALLBACK_PROB, ReportEntry
 from bird_infer.scheduler import Outcome, predict_files
-from bird_infer.submission import build_submission, column_order, read_sample_columns, unique_stems, write_submission
+from bird_infer.submission import build_submission, column_order, read_sample_columns, safe_text, unique_stems
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +58,23 @@ class JobSummary:
     """The largest peak resident memory any worker reported."""
     precision: str = "onnxruntime fp32"
     """What the folds ran as, and the accuracy guard's measurement when it ran."""
+    n_partial: int = 0
+    """Files with some rows predicted and the rest holding the fallback."""
+    write_error: str | None = None
+    """Why the CSV could not be written where asked (``out_path`` then says where it went instead)."""
 
 
 def header_chunks(paths: list[Path], manifest: Manifest) -> list[int | None]:
-    """Rows each file will give, from its header; None where the header cannot be read."""
+    """Rows each file will give by its header (capped, see :mod:`bird_infer.audio`); None where the header
+    cannot be read or its length is unknown."""
     counts: list[int | None] = []
     for p in paths:
         try:
             info = audio_info(p)
-            counts.append(n_chunks_for(info.frames, info.sample_rate, manifest.audio.clip_s))
         except AudioDecodeError:
             counts.append(None)
+            continue
+        counts.append(None if info.frames is None else claimed_chunks(info, manifest.audio.clip_s))
     return counts
 
 
@@ -90,59 +99,95 @@ def run_predict(
 ) -> JobSummary:
     """Predict every audio file under ``audio`` with the bundle in ``models``; write the CSV to ``out``.
 
-    The manifest, model files and sample submission are all checked before any audio is read; a
-    problem there raises (ManifestError, SubmissionFormatError). A problem with an audio file never
-    raises: the file gets fallback rows and a line in the error report. With ``time_limit_s`` the
-    deadline guard (:mod:`bird_infer.deadline`) keeps the run inside the limit.
+    Before any audio is read: the manifest and model files are checked, every fold is loaded and run
+    once (:func:`bird_infer.preflight.check_models`), the sample submission is read and the output place
+    is tried (:func:`bird_infer.preflight.check_output`); a problem there raises (ManifestError,
+    SubmissionFormatError, OutputError). A problem with an audio file never raises: the file gets
+    fallback rows and a line in the error report. With ``time_limit_s`` the deadline guard
+    (:mod:`bird_infer.deadline`) keeps the run inside the limit.
     """
     started = time.perf_counter()
     options = options or RunOptions()
+    if time_limit_s is not None and not (math.isfinite(time_limit_s) and time_limit_s > 0):
+        raise ValueError(f"time_limit_s must be a positive number of seconds, got {time_limit_s!r}")
     manifest = load_manifest(models)
     sample_cols = read_sample_columns(sample_submission) if sample_submission else None
     column_order(manifest.labels, sample_cols)  # label mismatch fails here, before the audio
-    paths = find_audio_files(audio)
-    if not paths:
-        log.warning("no audio files under %s: writing a submission with a header only", audio)
+    check_models(manifest)
+    entries = find_audio_entries(audio)
     root = Path(audio) if Path(audio).is_dir() else Path(audio).parent
-    prefixes = unique_stems(paths, root)
-    rows = fallback_rows(header_chunks(paths, manifest))
+    prefixes = unique_stems(entries, root)
+    problems = {p: entry_problem(p) for p in entries}
+    paths = [p for p in entries if problems[p] is None]
+    rows = fallback_rows(header_chunks(entries, manifest))
+    check_output(out, estimate_csv_bytes(prefixes, rows, len(manifest.labels), manifest.audio.clip_s))
+    if not entries:
+        log.warning("no audio files under %s: writing a submission with a header only", audio)
     options, precision = guard_precision(manifest, options, paths)
-    progress = Progress(len(paths), sum(rows), time_limit_s)
+    progress = Progress(len(entries), sum(rows), time_limit_s)
     workers = 1 if options.in_process else resolve_workers(options.workers, max(1, len(paths)))
     guard = None
     if time_limit_s:
         guard = DeadlineGuard(Deadline(time_limit_s), len(manifest.folds), sum(rows), workers, started=started)
+    log.info(cpu_info().line())
     log.info(
         "%d files, %d chunks expected, %d folds, %d workers x %d threads",
-        len(paths), progress.total_chunks, len(manifest.folds), workers, options.session.intra_op_threads,
+        len(entries),
+        progress.total_chunks,
+        len(manifest.folds),
+        workers,
+        options.session.intra_op_threads,
     )
-    every = max(1, len(paths) // 20)
-    rows_of = dict(zip(paths, rows, strict=True))
+    every = max(1, len(entries) // 20)
+    rows_of = dict(zip(entries, rows, strict=True))
 
     def report(r: Outcome) -> None:
-        progress.update(r.n_chunks if isinstance(r, FileResult) else rows_of[r.path])
+        progress.update(r.n_rows if isinstance(r, FileResult) else rows_of[r.path])
         if progress.files_done % every == 0 or progress.files_done == progress.n_files:
             log.info(progress.line())
 
-    outcomes = predict_files(paths, manifest, options, on_result=report, guard=guard)
+    skipped: dict[Path, Outcome] = {}
+    for p, problem in problems.items():
+        if problem is not None:
+            skipped[p] = FileFailure(p, f"not read: {problem}", attempts=0)
+            log.warning("%s: %s", safe_text(str(p)), problem)
+            report(skipped[p])
+    done_outcomes = predict_files(
+        paths, manifest, options, on_result=report, guard=guard, rows=[rows_of[p] for p in paths]
+    )
+    by_path = {**skipped, **dict(zip(paths, done_outcomes, strict=True))}
+    outcomes = [by_path[p] for p in entries]
     t_write = time.perf_counter()
-    probs, entries = settle(outcomes, prefixes, rows, len(manifest.labels), len(manifest.folds))
+    probs, report_entries = settle(outcomes, prefixes, rows, len(manifest.labels), len(manifest.folds))
     df = build_submission(prefixes, probs, manifest.labels, manifest.audio.clip_s, sample_cols)
-    out_path = write_submission(df, out)
-    rep = write_report(entries, out_path)
+    out_path, rep, write_error = write_outputs(df, report_entries, Path(out))
     write_s = time.perf_counter() - t_write
     wall = time.perf_counter() - started
     done = [r for r in outcomes if isinstance(r, FileResult)]
     stages = StageTimes(*(sum(getattr(r.times, f) for r in done) for f in ("decode_s", "frontend_s", "model_s")))
-    n_failed = sum(e.outcome == "fallback" for e in entries)
-    n_reduced = len(entries) - n_failed
-    log.info("wrote %s: %d rows from %d files in %.1f s", out_path, len(df), len(paths), wall)
-    if entries:
-        log.warning("%d file(s) got fallback rows, %d fewer folds: see %s", n_failed, n_reduced, rep)
+    n_failed = sum(e.outcome == "fallback" for e in report_entries)
+    n_reduced = sum(e.outcome == "reduced_folds" for e in report_entries)
+    log.info("wrote %s: %d rows from %d files in %.1f s", out_path, len(df), len(entries), wall)
+    if report_entries:
+        log.warning(
+            "%d file(s) with notes (%d fallback, %d fewer folds): see %s", len(report_entries), n_failed, n_reduced, rep
+        )
     return JobSummary(
-        out_path, rep, len(paths), len(df), wall, workers, n_failed, n_reduced,
-        n_chunks=sum(r.n_chunks for r in done), stages=stages, write_s=write_s,
-        worker_peak_mb=max((r.peak_mb for r in done), default=0.0), precision=precision,
+        out_path,
+        rep,
+        len(entries),
+        len(df),
+        wall,
+        workers,
+        n_failed,
+        n_reduced,
+        n_chunks=sum(r.n_chunks for r in done),
+        stages=stages,
+        write_s=write_s,
+        worker_peak_mb=max((r.peak_mb for r in done), default=0.0),
+        precision=precision,
+        n_partial=sum(e.outcome == "partial" for e in report_entries),
+        write_error=write_error,
     )
 
 
@@ -177,7 +222,13 @@ def guard_precision(manifest: Manifest, options: RunOptions, paths: list[Path]) 
 def settle(
     outcomes: list[Outcome], prefixes: list[str], rows: list[int], n_labels: int, n_folds: int
 ) -> tuple[list[np.ndarray], list[ReportEntry]]:
-    """Each file's probability rows (the fallback for failures) and the report entries."""
+    """Each file's probability rows (the fallback for failures) and the report entries.
+
+    Outcomes, most severe first: ``fallback`` (no row predicted), ``partial`` (some rows hold the
+    fallback: audio cut short, or chunks on which no fold was finite), ``folds_excluded`` (a fold's
+    NaN or inf left out), ``reduced_folds`` (the deadline guard), ``header_ignored`` (a header length
+    not believed; every row predicted).
+    """
     probs: list[np.ndarray] = []
     entries: list[ReportEntry] = []
     for r, prefix, n_rows in zip(outcomes, prefixes, rows, strict=True):
@@ -186,7 +237,18 @@ def settle(
             entries.append(ReportEntry(r.path, prefix, "fallback", r.reason, r.attempts, n_rows, 0))
             continue
         probs.append(r.probs)
+        notes = list(r.notes)
         if r.n_folds < n_folds:
-            reason = f"time limit: {r.n_folds} of {n_folds} folds"
-            entries.append(ReportEntry(r.path, prefix, "reduced_folds", reason, r.attempts, r.n_chunks, r.n_folds))
+            notes.append(f"time limit: {r.n_folds} of {n_folds} folds")
+        if not notes:
+            continue
+        if r.fallback_rows:
+            outcome = "partial"
+        elif r.excluded_folds:
+            outcome = "folds_excluded"
+        elif r.n_folds < n_folds:
+            outcome = "reduced_folds"
+        else:
+            outcome = "header_ignored"
+        entries.append(ReportEntry(r.path, prefix, outcome, "; ".join(notes), r.attempts, r.n_rows, r.n_folds))
     return probs, entries

@@ -39,14 +39,22 @@ COMBINE_RULES = ("mean", "rms")
 ENSEMBLE_OUTPUTS = ("clipwise", "segment_max")
 
 
+def _doc(text: str) -> dict[str, str]:
+    """A field's description, kept in its metadata: error messages quote it (no source needed at run time)."""
+    return {"doc": text}
+
+
+def field_doc(cls: type, name: str) -> str:
+    """The description of field ``name`` of dataclass ``cls`` ('' when it has none)."""
+    return next((str(f.metadata.get("doc", "")) for f in fields(cls) if f.name == name), "")
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """How waveforms are cut before the front-end."""
 
-    sample_rate: int
-    """Samples per second every file is resampled to (Hz)."""
-    clip_s: float
-    """Length of one chunk, and of one submission row (seconds)."""
+    sample_rate: int = field(metadata=_doc("Samples per second every file is resampled to (Hz)."))
+    clip_s: float = field(metadata=_doc("Length of one chunk, and of one submission row (seconds)."))
 
     @property
     def chunk_samples(self) -> int:
@@ -62,38 +70,41 @@ class FrontendConfig:
     (``bird_infer.nn.frontend``) are both built from this object only.
     """
 
-    n_fft: int
-    """FFT size (samples)."""
-    win_length: int
-    """Window length (samples); a shorter window is zero-padded to n_fft, centred."""
-    hop_length: int
-    """Hop between frames (samples)."""
-    window: str
-    """Window function; only the periodic ``hann`` window is supported."""
-    center: bool
-    """Pad n_fft // 2 samples each side so frame t is centred on sample t * hop_length."""
-    pad_mode: str
-    """Padding used when ``center``: ``reflect`` (torch.stft / torchaudio) or ``constant`` (zeros, librosa >= 0.10)."""
-    n_mels: int
-    """Number of mel bands."""
-    fmin: float
-    """Lowest mel filter edge (Hz)."""
-    fmax: float
-    """Highest mel filter edge (Hz)."""
-    power: float
-    """Exponent of the magnitude: 2.0 for power, 1.0 for magnitude."""
-    mel_scale: str
-    """``slaney`` (librosa default) or ``htk`` (torchaudio default)."""
-    mel_norm: str
-    """``slaney`` area normalisation (librosa default) or ``none`` (torchaudio default)."""
-    amin: float
-    """Floor applied before the logarithm."""
-    ref: float
-    """Reference value: dB = 10 * log10(max(amin, S)) - 10 * log10(max(amin, ref)) for power 2."""
-    top_db: float | None
-    """Clamp each chunk to (its own maximum - top_db) dB; None disables the clamp."""
-    normalize: str
-    """Per-chunk scaling after dB: ``none``, ``minmax`` (to [0, 1]) or ``standardize`` (zero mean, unit std)."""
+    n_fft: int = field(metadata=_doc("FFT size (samples)."))
+    win_length: int = field(
+        metadata=_doc("Window length (samples); a shorter window is zero-padded to n_fft, centred.")
+    )
+    hop_length: int = field(metadata=_doc("Hop between frames (samples)."))
+    window: str = field(metadata=_doc("Window function; only the periodic ``hann`` window is supported."))
+    center: bool = field(
+        metadata=_doc("Pad n_fft // 2 samples each side so frame t is centred on sample t * hop_length.")
+    )
+    pad_mode: str = field(
+        metadata=_doc(
+            "Padding used when ``center``: ``reflect`` (torch.stft / torchaudio) or ``constant`` "
+            "(zeros, librosa >= 0.10)."
+        )
+    )
+    n_mels: int = field(metadata=_doc("Number of mel bands."))
+    fmin: float = field(metadata=_doc("Lowest mel filter edge (Hz)."))
+    fmax: float = field(metadata=_doc("Highest mel filter edge (Hz)."))
+    power: float = field(metadata=_doc("Exponent of the magnitude: 2.0 for power, 1.0 for magnitude."))
+    mel_scale: str = field(metadata=_doc("``slaney`` (librosa default) or ``htk`` (torchaudio default)."))
+    mel_norm: str = field(
+        metadata=_doc("``slaney`` area normalisation (librosa default) or ``none`` (torchaudio default).")
+    )
+    amin: float = field(metadata=_doc("Floor applied before the logarithm."))
+    ref: float = field(
+        metadata=_doc("Reference value: dB = 10 * log10(max(amin, S)) - 10 * log10(max(amin, ref)) for power 2.")
+    )
+    top_db: float | None = field(
+        metadata=_doc("Clamp each chunk to (its own maximum - top_db) dB; None disables the clamp.")
+    )
+    normalize: str = field(
+        metadata=_doc(
+            "Per-chunk scaling after dB: ``none``, ``minmax`` (to [0, 1]) or ``standardize`` (zero mean, unit std)."
+        )
+    )
 
     @property
     def db_multiplier(self) -> float:
@@ -182,6 +193,7 @@ class Manifest:
 
 # --- parsing -------------------------------------------------------------------------------------
 
+
 def _get(d: dict[str, Any], key: str, where: str, hint: str = "") -> Any:
     if not isinstance(d, dict):
         raise InvalidFieldError(f"{where} must be a JSON object, got {type(d).__name__}")
@@ -197,49 +209,36 @@ def _choice(value: Any, options: tuple[str, ...], where: str) -> str:
     return str(value)
 
 
+def _number(value: Any, where: str) -> float:
+    """A finite JSON number (not a string, null, boolean, Infinity or NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidFieldError(f"manifest field '{where}' must be a finite number, got {value!r}")
+    return float(value)
+
+
 def _positive(value: Any, where: str, kind: type = float) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise InvalidFieldError(f"manifest field '{where}' must be a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
+        raise InvalidFieldError(f"manifest field '{where}' must be a positive finite number, got {value!r}")
     if kind is int and int(value) != value:
         raise InvalidFieldError(f"manifest field '{where}' must be an integer, got {value!r}")
     return kind(value)
 
 
-def _field_hints(cls: type) -> dict[str, str]:
-    """Map field name -> first line of its docstring, scraped from the class source (for messages)."""
-    import inspect
-
-    hints: dict[str, str] = {}
-    try:
-        lines = inspect.getsource(cls).splitlines()
-    except (OSError, TypeError):  # no source shipped (e.g. a zipped or compiled install)
-        return hints
-    names = {f.name for f in fields(cls)}
-    for i, line in enumerate(lines[:-1]):
-        name = line.strip().split(":")[0]
-        nxt = lines[i + 1].strip()
-        if name in names and nxt.startswith('"""'):
-            hints[name] = nxt.strip('"').strip()
-    return hints
-
-
 def _parse_audio(d: Any) -> AudioConfig:
-    hints = _field_hints(AudioConfig)
-    sr = _positive(_get(d, "sample_rate", "audio", hints["sample_rate"]), "audio.sample_rate", int)
-    clip_s = _positive(_get(d, "clip_s", "audio", hints["clip_s"]), "audio.clip_s")
+    sr = _positive(_get(d, "sample_rate", "audio", field_doc(AudioConfig, "sample_rate")), "audio.sample_rate", int)
+    clip_s = _positive(_get(d, "clip_s", "audio", field_doc(AudioConfig, "clip_s")), "audio.clip_s")
     if not math.isclose(sr * clip_s, round(sr * clip_s)):
         raise InvalidFieldError("audio.sample_rate * audio.clip_s must be a whole number of samples")
     return AudioConfig(sample_rate=sr, clip_s=clip_s)
 
 
 def _parse_frontend(d: Any, sample_rate: int) -> FrontendConfig:
-    hints = _field_hints(FrontendConfig)
-    v = {f.name: _get(d, f.name, "frontend", hints.get(f.name, "")) for f in fields(FrontendConfig)}
+    v = {f.name: _get(d, f.name, "frontend", field_doc(FrontendConfig, f.name)) for f in fields(FrontendConfig)}
     for key in ("n_fft", "win_length", "hop_length", "n_mels"):
         v[key] = _positive(v[key], f"frontend.{key}", int)
     for key in ("fmax", "amin", "ref", "power"):
         v[key] = _positive(v[key], f"frontend.{key}")
-    v["fmin"] = float(v["fmin"])
+    v["fmin"] = _number(v["fmin"], "frontend.fmin")
     if not 0 <= v["fmin"] < v["fmax"] <= sample_rate / 2:
         raise InvalidFieldError(
             f"frontend.fmin/fmax must satisfy 0 <= fmin < fmax <= sample_rate / 2 = {sample_rate / 2}, "
@@ -262,12 +261,21 @@ def _parse_frontend(d: Any, sample_rate: int) -> FrontendConfig:
     return FrontendConfig(**v)
 
 
-def _parse_tensor(d: Any, where: str) -> TensorSpec:
+def _parse_tensor(d: Any, where: str, rank: int) -> TensorSpec:
     name = _get(d, "name", where)
     shape = _get(d, "shape", where)
-    if not isinstance(shape, list) or not all(isinstance(s, (int, str)) for s in shape):
-        raise InvalidFieldError(f"{where}.shape must be a list of ints and names, got {shape!r}")
-    return TensorSpec(name=str(name), shape=tuple(shape))
+    if not isinstance(name, str) or not name:
+        raise InvalidFieldError(f"{where}.name must be a non-empty string, got {name!r}")
+    ok = (
+        isinstance(shape, list)
+        and len(shape) == rank
+        and all((isinstance(s, int) and not isinstance(s, bool) and s > 0) or (isinstance(s, str) and s) for s in shape)
+    )
+    if not ok:
+        raise InvalidFieldError(
+            f"{where}.shape must list {rank} dimensions, each a positive integer or a name, got {shape!r}"
+        )
+    return TensorSpec(name=name, shape=tuple(shape))
 
 
 def _parse_fold(d: Any, i: int) -> FoldSpec:
@@ -277,9 +285,9 @@ def _parse_fold(d: Any, i: int) -> FoldSpec:
         name=str(_get(d, "name", where)),
         file=str(_get(d, "file", where, "the ONNX file name, relative to manifest.json")),
         sha256=str(_get(d, "sha256", where, "re-run `bird-infer export` to record it")),
-        input=_parse_tensor(_get(d, "input", where), f"{where}.input"),
-        clipwise=_parse_tensor(_get(d, "clipwise", where), f"{where}.clipwise"),
-        segmentwise=None if seg is None else _parse_tensor(seg, f"{where}.segmentwise"),
+        input=_parse_tensor(_get(d, "input", where), f"{where}.input", 3),
+        clipwise=_parse_tensor(_get(d, "clipwise", where), f"{where}.clipwise", 2),
+        segmentwise=None if seg is None else _parse_tensor(seg, f"{where}.segmentwise", 3),
     )
 
 
@@ -314,11 +322,7 @@ def manifest_from_dict(d: dict[str, Any], root: Path) -> Manifest:
             f"{SCHEMA_VERSION}. Re-export the models with this version's `bird-infer export`, "
             "or install the bird_infer version that wrote them."
         )
-    labels = _get(d, "labels", "manifest")
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise InvalidFieldError("manifest field 'labels' must be a non-empty list of strings")
-    if len(set(labels)) != len(labels):
-        raise InvalidFieldError("manifest field 'labels' has duplicates; each label names one output column")
+    labels = check_labels(_get(d, "labels", "manifest"), "manifest field 'labels'")
     audio = _parse_audio(_get(d, "audio", "manifest"))
     frontend = _parse_frontend(_get(d, "frontend", "manifest"), audio.sample_rate)
     folds_raw = _get(d, "folds", "manifest")
@@ -346,6 +350,30 @@ def manifest_from_dict(d: dict[str, Any], root: Path) -> Manifest:
     return m
 
 
+RESERVED_COLUMN = "row_id"
+
+
+def check_labels(labels: Any, where: str) -> tuple[str, ...]:
+    """Labels are the CSV's column names: a non-empty list of distinct, non-empty strings, none ``row_id``.
+
+    Numeric-looking labels (``"1139490"``) must be strings in the JSON, as they are in the CSV header.
+    """
+    if not isinstance(labels, (list, tuple)) or not labels:
+        raise InvalidFieldError(f"{where} must be a non-empty list of strings")
+    bad = [x for x in labels if not isinstance(x, str) or not x.strip() or x != x.strip()]
+    if bad:
+        raise InvalidFieldError(
+            f"{where}: every label must be a non-empty string without surrounding spaces; got {bad[:5]!r} "
+            '(write numeric ids as strings: "1139490")'
+        )
+    if len(set(labels)) != len(labels):
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        raise InvalidFieldError(f"{where} has duplicates {dup[:10]}; each label names one output column")
+    if RESERVED_COLUMN in labels:
+        raise InvalidFieldError(f"{where}: '{RESERVED_COLUMN}' is the submission's first column, not a label")
+    return tuple(labels)
+
+
 def _check_declared_shapes(m: Manifest, fold: FoldSpec) -> None:
     want_in = (m.frontend.n_mels, m.n_frames)
     if tuple(fold.input.shape[1:]) != want_in:
@@ -362,6 +390,7 @@ def _check_declared_shapes(m: Manifest, fold: FoldSpec) -> None:
 
 
 # --- files ---------------------------------------------------------------------------------------
+
 
 def sha256_file(path: Path, block_bytes: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -444,6 +473,8 @@ def load_manifest(path: str | Path, verify: bool = True) -> Manifest:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path} is not valid JSON: {e}") from e
+    except OSError as e:
+        raise ManifestError(f"cannot read {path}: {e.strerror}") from e
     m = manifest_from_dict(raw, root=path.parent.resolve())
     if verify:
         verify_files(m)
@@ -458,6 +489,7 @@ def write_manifest(m: Manifest, folder: str | Path) -> Path:
 
 
 # --- training config -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -483,13 +515,15 @@ def read_labels_file(path: str | Path) -> tuple[str, ...]:
 
 def training_config_from_dict(d: dict[str, Any], base_dir: Path = Path(".")) -> TrainingConfig:
     """Parse a training config dict; ``labels_file`` is resolved against ``base_dir``."""
+    if not isinstance(d, dict):
+        raise InvalidFieldError("a training config must hold a JSON object")
     if "labels" in d:
-        labels = tuple(d["labels"])
+        labels = check_labels(d["labels"], "training config 'labels'")
     elif "labels_file" in d:
         path = base_dir / d["labels_file"]
         if not path.is_file():
             raise ModelFileMissingError(f"labels_file {path} does not exist")
-        labels = read_labels_file(path)
+        labels = check_labels(list(read_labels_file(path)), f"labels_file {path}")
     else:
         raise MissingFieldError("training config needs 'labels' (a list) or 'labels_file' (a path)")
     audio = _parse_audio(_get(d, "audio", "config"))
@@ -509,6 +543,6 @@ def load_training_config(path: str | Path) -> TrainingConfig:
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ManifestError(f"cannot read training config {path}: {e}") from e
     return training_config_from_dict(raw, base_dir=path.parent)

@@ -7,7 +7,9 @@ manifest it is given. The scheduling, retries and deadline live in :mod:`bird_in
 from __future__ import annotations
 
 import logging
+import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -16,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bird_infer.audio import iter_chunk_blocks
-from bird_infer.ensemble import PRECISION_BOUND, FoldEnsemble, SessionSettings
+from bird_infer.audio import ChunkReader
+from bird_infer.ensemble import PRECISION_BOUND, FoldEnsemble, NonFiniteOutputError, SessionSettings
 from bird_infer.frontend import LogMelFrontend
 from bird_infer.manifest import Manifest
+from bird_infer.report import FALLBACK_PROB
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,26 @@ class RunOptions:
     """The accuracy guard's bound on |p - p_fp32| for a backend/precision other than ONNX Runtime fp32."""
     max_attempts: int = 2
     """Tries per file: a file that raises, or whose worker dies, is retried once before it gets fallback rows."""
+    timeout_floor_s: float = 300.0
+    """A file running longer than ``timeout_floor_s + timeout_factor x`` its expected time (its rows x the
+    slowest seconds per row measured so far, 0.5 s before any measurement) is taken for a hung worker:
+    the workers are killed and it is handled like a dead worker."""
+    timeout_factor: float = 10.0
     predictor_factory: Callable[[Manifest, RunOptions], FilePredictor] | None = None
     """Builds each worker's predictor (default :class:`FilePredictor`); must be importable by name (spawn)."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "workers": self.workers >= 0,
+            "block_chunks": self.block_chunks >= 1,
+            "precision_bound": math.isfinite(self.precision_bound) and self.precision_bound >= 0,
+            "max_attempts": self.max_attempts >= 1,
+            "timeout_floor_s": math.isfinite(self.timeout_floor_s) and self.timeout_floor_s > 0,
+            "timeout_factor": math.isfinite(self.timeout_factor) and self.timeout_factor > 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid RunOptions: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
 
     def make_predictor(self, manifest: Manifest) -> FilePredictor:
         return (self.predictor_factory or FilePredictor)(manifest, self)
@@ -56,7 +77,6 @@ class StageTimes:
     frontend_s: float = 0.0
     model_s: float = 0.0
 
-
     @property
     def busy_s(self) -> float:
         return self.decode_s + self.frontend_s + self.model_s
@@ -64,7 +84,12 @@ class StageTimes:
 
 @dataclass(frozen=True)
 class FileResult:
-    """Predictions for one file: ``probs`` (n_chunks, n_labels) float32, in [0, 1)."""
+    """Rows for one file: ``probs`` (n_rows, n_labels) float32, in [0, 1).
+
+    Most files have every row predicted. A file cut short (or whose header claims more than decodes)
+    has its claimed rows past the decoded audio filled with :data:`FALLBACK_PROB`, and a chunk on
+    which no fold gave finite outputs too; ``fallback_rows`` counts them and ``notes`` say why.
+    """
 
     path: Path
     probs: np.ndarray
@@ -74,10 +99,21 @@ class FileResult:
     attempts: int = 1
     peak_mb: float = 0.0
     """Peak resident memory of the process that predicted the file, in MiB, when it finished."""
+    fallback_rows: int = 0
+    """Rows holding the fallback instead of a prediction."""
+    excluded_folds: tuple[tuple[str, int], ...] = ()
+    """(fold name, chunks) for folds left out of some chunks because their outputs were NaN or inf."""
+    notes: tuple[str, ...] = ()
+    """What happened to this file beyond plain prediction (for the error report)."""
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.probs.shape[0])
 
     @property
     def n_chunks(self) -> int:
-        return int(self.probs.shape[0])
+        """Rows that hold predictions."""
+        return self.n_rows - self.fallback_rows
 
 
 @dataclass(frozen=True)
@@ -141,27 +177,58 @@ class FilePredictor:
         self.ensemble = FoldEnsemble(manifest, options.session)
 
     def predict_file(self, path: Path, n_folds: int | None = None) -> FileResult:
-        """All chunks of ``path`` through the front-end (once) and the first ``n_folds`` folds (default all).
+        """The file's rows: the decodable chunks through the front-end (once) and the first ``n_folds`` folds
+        (default all); the rest of the length its header claims holds :data:`FALLBACK_PROB`.
 
-        Raises AudioDecodeError, NonFiniteOutputError, or whatever the decoder or ONNX Runtime raises.
+        Raises AudioDecodeError when nothing decodes, NonFiniteOutputError when no fold is finite for any
+        chunk, or whatever ONNX Runtime raises.
         """
         k = self.ensemble.n_folds if n_folds is None else n_folds
         decode = frontend = model = 0.0
         parts: list[np.ndarray] = []
+        bad_chunks = np.zeros(k, dtype=np.int64)
+        reader = ChunkReader(path, self.manifest.audio, self.options.block_chunks)
         t0 = time.perf_counter()
-        for block in iter_chunk_blocks(path, self.manifest.audio, self.options.block_chunks):
+        for block in reader:
             t1 = time.perf_counter()
             feats = self.frontend(block)
             t2 = time.perf_counter()
-            parts.append(self.ensemble.predict(feats, k))
+            probs, bad = self.ensemble.predict_with_mask(feats, k)
+            parts.append(probs)
+            bad_chunks += bad.sum(axis=1)
             t3 = time.perf_counter()
             decode += t1 - t0
             frontend += t2 - t1
             model += t3 - t2
             t0 = time.perf_counter()
         probs = np.concatenate(parts, axis=0)
-        times = StageTimes(decode, frontend, model)
-        return FileResult(path=path, probs=probs, times=times, n_folds=k, peak_mb=peak_memory_mb())
+        unpredicted = np.isnan(probs).any(axis=1)
+        if unpredicted.all():
+            names = [self.manifest.folds[i].name for i in range(k) if bad_chunks[i]]
+            raise NonFiniteOutputError(f"fold(s) {names} produced NaN or inf on every chunk")
+        probs[unpredicted] = FALLBACK_PROB
+        missing = reader.rows - len(probs)
+        if missing > 0:
+            probs = np.concatenate([probs, np.full((missing, probs.shape[1]), FALLBACK_PROB, np.float32)])
+        excluded = tuple((self.manifest.folds[i].name, int(c)) for i, c in enumerate(bad_chunks) if c)
+        notes = [n for n in (reader.note, reader.error) if n]
+        if missing > 0:
+            notes.append(f"{missing} of {reader.rows} rows hold the fallback")
+        if excluded:
+            shown = ", ".join(f"{name} on {c} of {len(unpredicted)} chunks" for name, c in excluded)
+            notes.append(f"NaN or inf left out: {shown}")
+        if unpredicted.any():
+            notes.append(f"{int(unpredicted.sum())} chunk(s) had no finite fold: fallback rows")
+        return FileResult(
+            path=path,
+            probs=probs,
+            times=StageTimes(decode, frontend, model),
+            n_folds=k,
+            peak_mb=peak_memory_mb(),
+            fallback_rows=int(missing + unpredicted.sum()),
+            excluded_folds=excluded,
+            notes=tuple(notes),
+        )
 
 
 def describe_exception(e: BaseException) -> str:
@@ -183,9 +250,42 @@ def predict_or_fail(predictor: FilePredictor, path: Path, n_folds: int | None) -
 _WORKER_PREDICTOR: FilePredictor | None = None
 
 
-def init_worker(manifest: Manifest, options: RunOptions) -> None:
-    """Pool initializer: build this worker's sessions once."""
+def die_with_parent(parent_pid: int) -> None:
+    """Make this worker process end when its parent does (SIGTERM, SIGKILL, a crash), and leave Ctrl-C to
+    the parent: a terminal's SIGINT reaches the whole process group, and the parent decides what stops.
+
+    Linux: the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``). Elsewhere a daemon
+    thread watches the parent's pid.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl: fall through to the watchdog
+            pass
+        else:
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os._exit(1)
+            return
+    import threading
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def init_worker(manifest: Manifest, options: RunOptions, parent_pid: int | None = None) -> None:
+    """Pool initializer: tie this worker's life to its parent's, then build its sessions once."""
     global _WORKER_PREDICTOR
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     _WORKER_PREDICTOR = options.make_predictor(manifest)
 
 

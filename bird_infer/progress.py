@@ -57,7 +57,6 @@ class Progress:
         if self.time_limit_s:
             share = self.projected_total_s / self.time_limit_s
             text += (
-                f", projected total {_fmt(self.projected_total_s)} of the {_fmt(self.time_limit_s)} limit "
-                f"({share:.0%})"
+                f", projected total {_fmt(self.projected_total_s)} of the {_fmt(self.time_limit_s)} limit ({share:.0%})"
             )
         return text

@@ -3,8 +3,11 @@
 ``<submission stem>_errors.csv``, one row per file, columns:
 
 - ``file``: the path as found; ``row_prefix``: its row_id prefix in the submission;
-- ``outcome``: ``fallback`` (every row of the file holds :data:`FALLBACK_PROB`) or ``reduced_folds``
-  (real predictions from fewer folds than the manifest has, chosen by the deadline guard);
+- ``outcome``: ``fallback`` (every row of the file holds :data:`FALLBACK_PROB`), ``partial`` (the audio
+  that decodes is predicted, the rest of the length its header claims holds the fallback, as do chunks
+  on which no fold was finite), ``folds_excluded`` (a fold's NaN or inf outputs left out),
+  ``reduced_folds`` (fewer folds than the manifest has, chosen by the deadline guard) or
+  ``header_ignored`` (a header length not believed; every row predicted);
 - ``reason``: why (the exception, a dead worker, the time limit); ``attempts``; ``rows``; ``folds``.
 
 The report is written on every run, with only its header when nothing went wrong, so an old report
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bird_infer.submission import write_csv_atomic
+from bird_infer.submission import safe_text, write_csv_atomic
 
 FALLBACK_PROB = 0.0
 """Every probability of a file that could not be predicted. 0 ranks its rows below every real prediction."""
@@ -45,5 +48,8 @@ def report_path(submission: str | Path) -> Path:
 
 def write_report(entries: list[ReportEntry], submission: str | Path) -> Path:
     """Write the report beside ``submission`` (via a temporary file) and return its path."""
-    rows = [[str(e.file), e.row_prefix, e.outcome, e.reason, e.attempts, e.rows, e.folds] for e in entries]
+    rows = [
+        [safe_text(str(e.file)), e.row_prefix, e.outcome, safe_text(e.reason), e.attempts, e.rows, e.folds]
+        for e in entries
+    ]
     return write_csv_atomic(pd.DataFrame(rows, columns=REPORT_COLUMNS), report_path(submission))

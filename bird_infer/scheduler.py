@@ -1,13 +1,17 @@
 """Hand files to worker processes; survive files that raise, workers that die, and the clock.
 
-- Files are submitted a few at a time (not all at once), so that the fold count of each can be chosen
-  by the deadline guard when it starts, and a dead pool loses little.
+- Files are submitted one per worker (not all at once), so that the fold count of each can be chosen
+  by the deadline guard when it starts, a dead pool loses little, and a file's time in flight is its
+  running time: a file far past its expected time is taken for a hung worker (SIGSTOP, a deadlock),
+  the workers are killed and it is handled like a dead worker.
 - A file whose processing raised is retried once (``RunOptions.max_attempts``), then reported.
 - A worker that dies (SIGKILL, the OOM killer, a segfault in a native library) breaks the whole
   ``ProcessPoolExecutor``: every file then in flight becomes a *suspect*. A new pool is started and
   suspects run **one at a time**, so that a death is pinned on the file that caused it: that file
   is charged the attempt (and retried once, alone), the innocent ones finish normally.
 - At the deadline's hard stop the workers are killed and what is unfinished is reported.
+- Workers die with the parent (SIGTERM, SIGKILL) and ignore Ctrl-C, which the parent handles: it kills
+  them at once, and a second Ctrl-C during that clean-up ends the process immediately.
 
 Every file ends as a FileResult or a FileFailure; nothing deadlocks and nothing is silently dropped.
 """
@@ -16,6 +20,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -43,6 +51,7 @@ WORKER_DIED = (
     "the worker process died while this file was being processed (killed by a signal, by the "
     "out-of-memory killer, or by a crash in a native library)"
 )
+WORKER_HUNG = "the worker stopped responding while this file was being processed"
 TIME_LIMIT = "not finished before the time limit's hard stop"
 
 
@@ -101,6 +110,13 @@ class _Run:
         else:
             self.finish(i, FileFailure(self.paths[i], WORKER_DIED))
 
+    def worker_hung(self, i: int, seconds: float) -> None:
+        """File ``i`` ran far past its expected time: it is charged the attempt, like a death alone."""
+        if self.attempts[i] < self.options.max_attempts:
+            self.suspects.append(i)
+        else:
+            self.finish(i, FileFailure(self.paths[i], f"{WORKER_HUNG} (no result after {seconds:.0f} s)"))
+
     def next_index(self) -> int | None:
         if self.suspects:
             return self.suspects.popleft()
@@ -126,7 +142,9 @@ def _run_in_process(run: _Run, manifest: Manifest) -> None:
 
 def _new_pool(workers: int, manifest: Manifest, options: RunOptions) -> ProcessPoolExecutor:
     ctx = multiprocessing.get_context("spawn")  # no inherited threads or sessions: safe on every OS
-    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(manifest, options))
+    return ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=init_worker, initargs=(manifest, options, os.getpid())
+    )
 
 
 def _kill_pool(pool: ProcessPoolExecutor) -> None:
@@ -135,54 +153,108 @@ def _kill_pool(pool: ProcessPoolExecutor) -> None:
     processes = list((getattr(pool, "_processes", None) or {}).values())
     for p in processes:
         p.kill()
-    pool.shutdown(wait=True, cancel_futures=True)
+    for p in processes:
+        p.join(timeout=5)
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _run_in_pool(run: _Run, manifest: Manifest, workers: int) -> None:
+class _Timeouts:
+    """When a running file is taken for a hung worker: ``floor + factor x rows x`` the slowest seconds per
+    row measured so far (a stopped or deadlocked worker never returns, and without a time limit the run
+    would wait for ever)."""
+
+    DEFAULT_S_PER_ROW = 0.5
+
+    def __init__(self, options: RunOptions, rows: Sequence[int]) -> None:
+        self.floor_s = options.timeout_floor_s
+        self.factor = options.timeout_factor
+        self.rows = rows
+        self.s_per_row = 0.0
+
+    def record(self, outcome: Outcome) -> None:
+        if isinstance(outcome, FileResult) and outcome.n_rows:
+            self.s_per_row = max(self.s_per_row, outcome.times.busy_s / outcome.n_rows)
+
+    def limit_s(self, i: int) -> float:
+        per_row = self.s_per_row or self.DEFAULT_S_PER_ROW
+        return self.floor_s + self.factor * self.rows[i] * per_row
+
+
+def _run_in_pool(run: _Run, manifest: Manifest, workers: int, rows: Sequence[int]) -> None:
     pool = _new_pool(workers, manifest, run.options)
-    in_flight: dict[Future[Outcome], int] = {}
+    timeouts = _Timeouts(run.options, rows)
+    in_flight: dict[Future[Outcome], tuple[int, float]] = {}  # future -> (file index, submitted at)
     try:
         while True:
             if run.must_stop():
-                run.stop_unfinished(list(in_flight.values()))
+                run.stop_unfinished([i for i, _ in in_flight.values()])
                 _kill_pool(pool)
                 return
-            # Suspects run alone, so that a death among them has one culprit; otherwise keep every
-            # worker busy with one file queued behind it.
+            # At most one file per worker, so that a file's time in flight is its running time (the hang
+            # timeout), and suspects run alone, so that a death among them has one culprit.
             broken = False
             suspect_mode = bool(run.suspects)
-            cap = 1 if suspect_mode else 2 * workers
+            cap = 1 if suspect_mode else workers
             while not broken and len(in_flight) < cap and (i := run.next_index()) is not None:
                 run.attempts[i] += 1
                 try:
-                    in_flight[pool.submit(predict_in_worker, run.paths[i], run.folds_for_next())] = i
+                    fut = pool.submit(predict_in_worker, run.paths[i], run.folds_for_next())
+                    in_flight[fut] = (i, time.monotonic())
                 except BrokenProcessPool:  # a worker died since the last look: this file never started
                     run.attempts[i] -= 1
                     (run.suspects if suspect_mode else run.queue).appendleft(i)  # back where it came from
                     broken = True
             if not in_flight and not broken:
                 return
+            hung: int | None = None
+            alone = len(in_flight) == 1
             if not broken:
-                timeout = run.guard.seconds_to_stop(run.guard.elapsed_s()) + 0.01 if run.guard else None
+                now = time.monotonic()
+                deadlines = [t0 + timeouts.limit_s(i) for i, t0 in in_flight.values()]
+                timeout = max(0.0, min(deadlines) - now) + 0.01
+                if run.guard:
+                    timeout = min(timeout, run.guard.seconds_to_stop(run.guard.elapsed_s()) + 0.01)
                 done, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
-                alone = len(in_flight) == 1
                 for fut in done:
-                    i = in_flight.pop(fut)
+                    i, _t0 = in_flight.pop(fut)
                     try:
-                        run.handle(i, fut.result())
+                        outcome = fut.result()
                     except BrokenProcessPool:
                         broken = True
                         run.worker_died(i, alone)
+                        continue
+                    timeouts.record(outcome)
+                    run.handle(i, outcome)
+                if not done:
+                    now = time.monotonic()
+                    late = [(fut, i, t0) for fut, (i, t0) in in_flight.items() if now - t0 > timeouts.limit_s(i)]
+                    if late:
+                        fut, hung, t0 = late[0]
+                        del in_flight[fut]
+                        log.warning(
+                            "%s: no result after %.0f s: the worker is taken for hung", run.paths[hung], now - t0
+                        )
+                        run.worker_hung(hung, now - t0)
+                        broken = True
             if broken:
                 # Every other file in flight went down with the pool, running or queued.
-                for i in in_flight.values():
+                for i, _t0 in in_flight.values():
                     run.worker_died(i, alone=False)
                 in_flight.clear()
-                log.warning("a worker process died; starting a new pool, %d file(s) to retry", len(run.suspects))
-                pool.shutdown(wait=True, cancel_futures=True)
+                log.warning(
+                    "a worker process died or hung; starting a new pool, %d file(s) to retry", len(run.suspects)
+                )
+                _kill_pool(pool)
                 pool = _new_pool(workers, manifest, run.options)
+    except BaseException:
+        # Ctrl-C (or anything unexpected): kill the workers now rather than wait for their files, and make
+        # a second Ctrl-C during the clean-up end the process at once.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+        _kill_pool(pool)
+        raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def predict_files(
@@ -191,10 +263,12 @@ def predict_files(
     options: RunOptions | None = None,
     on_result: Callable[[Outcome], None] | None = None,
     guard: DeadlineGuard | None = None,
+    rows: Sequence[int] | None = None,
 ) -> list[Outcome]:
     """Predict every file: one FileResult or FileFailure per path, in the order of ``paths``.
 
-    ``on_result`` sees each outcome as it is settled; ``guard`` (optional) applies a time limit.
+    ``on_result`` sees each outcome as it is settled; ``guard`` (optional) applies a time limit;
+    ``rows`` (each file's expected rows, default 1) scales each file's hang timeout.
     """
     options = options or RunOptions()
     run = _Run([Path(p) for p in paths], options, on_result, guard)
@@ -205,5 +279,5 @@ def predict_files(
     else:
         workers = resolve_workers(options.workers, len(run.paths))
         log.info("starting %d worker processes", workers)
-        _run_in_pool(run, manifest, workers)
+        _run_in_pool(run, manifest, workers, list(rows) if rows is not None else [1] * len(run.paths))
     return [run.outcomes[i] for i in range(len(run.paths))]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import os
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,39 +24,96 @@ def row_ids(stem: str, n_chunks: int, clip_s: float) -> list[str]:
     return [f"{stem}_{int(e) if float(e).is_integer() else e}" for e in ends]
 
 
-def unique_stems(paths: Sequence[Path], root: Path) -> list[str]:
-    """The row_id prefix of each file: its stem, or, where stems collide, its path below ``root``.
+def safe_text(text: str) -> str:
+    """``text`` as printable UTF-8: bytes of a file name that are not UTF-8 (held by Python as surrogate
+    escapes) and control characters (a newline in a file name) become ``\\xNN`` escapes, so that
+    every name can be written to the CSV and read back unchanged."""
+    if text.isprintable() and not any("\udc80" <= c <= "\udcff" for c in text):
+        return text
+    raw = text.encode("utf-8", "surrogateescape")
+    decoded = raw.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in decoded)
 
-    BirdCLEF stems are unique, so there the prefix is always the stem. Field recordings often repeat
-    names across folders (``siteA/0600.wav``, ``siteB/0600.wav``): those become ``siteA-0600`` and
-    ``siteB-0600`` so that no two rows share a row_id. If that still collides (``a.wav`` and
-    ``a.flac`` side by side), the extension is kept too (``a.wav``). Non-ASCII names are kept as they are.
+
+def unique_stems(paths: Sequence[Path], root: Path) -> list[str]:
+    """The row_id prefix of each file, unique by construction.
+
+    Each file's first choice is its stem. Where stems collide, the path below ``root`` joined by ``-``
+    (``siteA/0600.wav`` -> ``siteA-0600``); where that collides too, the same with the extension
+    (``a.wav``, ``a.flac``). Whatever still collides (``siteA/0600.wav`` beside a file named
+    ``siteA-0600.wav``) gets ``~2``, ``~3``... : a name is only taken when no other file holds it
+    and no unique first choice claims it, so no two files ever share a prefix. BirdCLEF stems are
+    unique, so there the prefix is always the stem. Names are made printable with :func:`safe_text`.
     """
-    stems = [p.stem for p in paths]
-    counts = Counter(stems)
-    out = []
-    for p, stem in zip(paths, stems, strict=True):
-        if counts[stem] == 1:
-            out.append(stem)
-            continue
+
+    def rel(p: Path) -> Path:
         try:
-            rel = p.relative_to(root)
+            return p.relative_to(root)
         except ValueError:
-            rel = p
-        out.append("-".join(rel.with_suffix("").parts))
-    counts = Counter(out)
-    return [
-        "-".join(p.relative_to(root).parts) if counts[s] > 1 and p.is_relative_to(root) else s
-        for p, s in zip(paths, out, strict=True)
+            return Path(p.name)
+
+    levels = [
+        [safe_text(p.stem) for p in paths],
+        [safe_text("-".join(rel(p).with_suffix("").parts) or p.stem) for p in paths],
+        [safe_text("-".join(rel(p).parts) or p.name) for p in paths],
     ]
+    names = list(levels[0])
+    for level in levels[1:]:
+        counts = Counter(names)
+        names = [level[k] if counts[n] > 1 else n for k, n in enumerate(names)]
+    counts = Counter(names)
+    reserved = {n for n, c in counts.items() if c == 1}
+    taken: set[str] = set()
+    out = []
+    for n in names:
+        name, k = n, 1
+        if counts[n] > 1:  # n itself is in no unique first choice; generated names avoid all of them
+            while name in taken or (name != n and name in reserved):
+                k += 1
+                name = f"{n}~{k}"
+        taken.add(name)
+        out.append(name)
+    return out
 
 
 def read_sample_columns(path: str | Path) -> list[str]:
-    """Label columns of a sample_submission.csv, in its order (only the header is read)."""
-    header = pd.read_csv(path, nrows=0).columns.tolist()
-    if not header or header[0] != ROW_ID:
-        raise SubmissionFormatError(f"{path}: first column must be '{ROW_ID}', got {header[:1]}")
-    return header[1:]
+    """Label columns of a sample_submission.csv, in its order, as strings (only the header is read).
+
+    Column names stay the text they are (``1139490`` is the label ``"1139490"``). Raises
+    SubmissionFormatError for anything that is not a UTF-8 CSV header starting with ``row_id`` and
+    naming each label once.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise SubmissionFormatError(f"--sample-submission {path} is a folder; give the sample_submission.csv file")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            first = f.readline(1 << 24)
+    except FileNotFoundError as e:
+        raise SubmissionFormatError(f"sample submission {path} does not exist") from e
+    except UnicodeDecodeError as e:
+        raise SubmissionFormatError(
+            f"sample submission {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+        ) from e
+    except OSError as e:
+        raise SubmissionFormatError(f"cannot read sample submission {path}: {e.strerror}") from e
+    if "\0" in first:
+        raise SubmissionFormatError(f"sample submission {path} is binary, not a CSV")
+    header = next(csv.reader([first]), []) if first.strip() else []
+    header = [h.strip() for h in header]
+    if not header:
+        raise SubmissionFormatError(f"sample submission {path} is empty: it needs a header row_id,<labels...>")
+    if header[0] != ROW_ID:
+        raise SubmissionFormatError(f"{path}: first column must be '{ROW_ID}', got {header[0][:40]!r}")
+    labels = header[1:]
+    dup = sorted(n for n, c in Counter(labels).items() if c > 1)
+    if dup:
+        raise SubmissionFormatError(f"{path}: column(s) {dup[:10]} appear more than once")
+    if not labels or any(not c for c in labels) or ROW_ID in labels:
+        raise SubmissionFormatError(
+            f"{path}: every column after '{ROW_ID}' must name a label (an empty name or '{ROW_ID}' found)"
+        )
+    return labels
 
 
 def column_order(labels: Sequence[str], sample_columns: Sequence[str] | None) -> list[str]:
@@ -91,12 +151,19 @@ def build_submission(
 
 
 def write_csv_atomic(df: pd.DataFrame, path: str | Path, float_format: str | None = None) -> Path:
-    """Write ``df`` via a temporary file, so that a crash never leaves half a CSV."""
+    """Write ``df`` via a temporary file of this call's own (two runs writing one path never share it), so
+    that a crash never leaves half a CSV and a failed write leaves no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False, float_format=float_format)
-    tmp.replace(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            df.to_csv(f, index=False, float_format=float_format)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

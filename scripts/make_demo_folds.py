@@ -46,8 +46,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "models")
     p.add_argument("--pretrain-clips", type=int, default=50)
     p.add_argument("--finetune-clips", type=int, default=40)
-    p.add_argument("--pretrain-epochs", type=int, nargs="+", default=[4, 8, 8],
-                   help="epochs of each chained pre-training run")
+    p.add_argument(
+        "--pretrain-epochs", type=int, nargs="+", default=[4, 8, 8], help="epochs of each chained pre-training run"
+    )
     p.add_argument("--finetune-epochs", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -55,11 +56,35 @@ def main() -> None:
     bg = ["--background", str(BACKGROUND)] if BACKGROUND.is_dir() else []
     times = {}
     if not (w / "pretrain" / "train_metadata.csv").exists():
-        step(["synth", "--out", str(w / "pretrain"), "--clips-per-label", str(args.pretrain_clips),
-              "--soundscapes", "0", "--seed", "1", *bg])
+        step(
+            [
+                "synth",
+                "--out",
+                str(w / "pretrain"),
+                "--clips-per-label",
+                str(args.pretrain_clips),
+                "--soundscapes",
+                "0",
+                "--seed",
+                "1",
+                *bg,
+            ]
+        )
     if not (w / "finetune" / "train_metadata.csv").exists():
-        step(["synth", "--out", str(w / "finetune"), "--clips-per-label", str(args.finetune_clips),
-              "--soundscapes", "0", "--seed", "2", *bg])
+        step(
+            [
+                "synth",
+                "--out",
+                str(w / "finetune"),
+                "--clips-per-label",
+                str(args.finetune_clips),
+                "--soundscapes",
+                "0",
+                "--seed",
+                "2",
+                *bg,
+            ]
+        )
     if not (w / "test" / "truth.csv").exists():
         step(["synth", "--out", str(w / "test"), "--clips-per-label", "0", "--soundscapes", "4", "--seed", "3", *bg])
     common = ["--config", str(CONFIG), "--threads", str(args.threads), *bg]
@@ -67,17 +92,61 @@ def main() -> None:
     for k, epochs in enumerate(args.pretrain_epochs, start=1):
         run = w / ("pre" if k == 1 else f"pre{k}")
         if not (run / "pretrained.pt").exists():
-            times[f"pretrain_{k}_s"] = step(["train", *common, "--data", str(w / "pretrain"), "--out", str(run),
-                                             "--all-data", "--epochs", str(epochs), *previous])
+            times[f"pretrain_{k}_s"] = step(
+                [
+                    "train",
+                    *common,
+                    "--data",
+                    str(w / "pretrain"),
+                    "--out",
+                    str(run),
+                    "--all-data",
+                    "--epochs",
+                    str(epochs),
+                    *previous,
+                ]
+            )
         previous = ["--pretrained", str(run / "pretrained.pt")]
-    times["finetune_s"] = step(["train", *common, "--data", str(w / "finetune"), "--out", str(w / "folds"),
-                                *previous, "--epochs", str(args.finetune_epochs)])
+    times["finetune_s"] = step(
+        [
+            "train",
+            *common,
+            "--data",
+            str(w / "finetune"),
+            "--out",
+            str(w / "folds"),
+            *previous,
+            "--epochs",
+            str(args.finetune_epochs),
+        ]
+    )
     checkpoints = [str(w / "folds" / f"fold{k}.pt") for k in range(5)]
-    step(["export", "--config", str(w / "folds" / "train_config.json"), "--checkpoints", *checkpoints,
-          "--out", str(args.out), "--check-audio", str(w / "test" / "soundscapes"),
-          str(w / "finetune" / "train_audio")])
-    step(["-q", "predict", "--audio", str(w / "test" / "soundscapes"), "--models", str(args.out),
-          "--out", str(w / "test_submission.csv")])
+    step(
+        [
+            "export",
+            "--config",
+            str(w / "folds" / "train_config.json"),
+            "--checkpoints",
+            *checkpoints,
+            "--out",
+            str(args.out),
+            "--check-audio",
+            str(w / "test" / "soundscapes"),
+            str(w / "finetune" / "train_audio"),
+        ]
+    )
+    step(
+        [
+            "-q",
+            "predict",
+            "--audio",
+            str(w / "test" / "soundscapes"),
+            "--models",
+            str(args.out),
+            "--out",
+            str(w / "test_submission.csv"),
+        ]
+    )
     step(["score", "--truth", str(w / "test" / "truth.csv"), "--submission", str(w / "test_submission.csv")])
     (w / "timings.json").write_text(json.dumps(times, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(times))

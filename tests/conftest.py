@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,13 @@ SHARED_AUDIO = ROOT.parent / "shared" / "data" / "audio"
 SPECIES_FILE = ROOT.parent / "shared" / "data" / "birdclef2023_species.txt"
 REFERENCE_CONFIG = ROOT / "configs" / "birdclef2023_b0.json"
 TINY_BACKBONE = "test_efficientnet"  # timm's ~100k-parameter test network: fast to build and export
+
+
+@pytest.fixture(autouse=True)
+def no_host_kaggle(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test sees the host's own /kaggle/input: the kernel looks in an empty folder unless a test lays
+    out one of its own."""
+    monkeypatch.setenv("BIRD_INFER_KAGGLE_INPUT", str(tmp_path_factory.getbasetemp() / "no_kaggle_input"))
 
 
 def real_audio_dir(sub: str = "") -> Path:
@@ -46,9 +55,40 @@ def real_chunks(reference_config: TrainingConfig) -> np.ndarray:
     return check_chunks_from_audio([real_audio_dir()], reference_config, max_chunks=24)
 
 
+def synthetic_chunks(sample_rate: int = 32000, clip_s: float = 5.0, n: int = 16, seed: int = 0) -> np.ndarray:
+    """Field-like 5-s chunks made here (no recordings needed): pink-ish noise at several levels with
+    chirps, trills and tone bursts across 0.5-12 kHz, so that a model's outputs vary from chunk to chunk."""
+    rng = np.random.default_rng(seed)
+    length = round(sample_rate * clip_s)
+    t = np.arange(length) / sample_rate
+    out = []
+    for _ in range(n):
+        noise = np.cumsum(rng.standard_normal(length)) * 1e-3
+        noise = (noise - np.convolve(noise, np.ones(64) / 64, mode="same")) + 0.3 * rng.standard_normal(length)
+        x = 10 ** rng.uniform(-3, -1) * noise
+        for _ in range(rng.integers(1, 6)):
+            f0, f1 = rng.uniform(500, 12000, 2)
+            start, dur = rng.uniform(0, clip_s - 0.3), rng.uniform(0.1, 1.5)
+            on = (t >= start) & (t < start + dur)
+            tt = t[on] - start
+            phase = 2 * np.pi * (f0 * tt + (f1 - f0) * tt**2 / (2 * dur))
+            trill = 1 + 0.5 * np.sin(2 * np.pi * rng.uniform(5, 40) * tt)
+            x[on] += 10 ** rng.uniform(-2, -0.3) * np.sin(phase) * trill * np.hanning(on.sum())
+        out.append(x)
+    return np.asarray(out, dtype=np.float32)
+
+
 @pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_config: TrainingConfig, real_chunks: np.ndarray):
-    """Two tiny responsive folds exported by the real exporter: (manifest, [torch models], export result)."""
+def check_chunks(reference_config: TrainingConfig) -> np.ndarray:
+    """Synthetic chunks at the reference rate: what the tiny test bundle is calibrated and checked on."""
+    return synthetic_chunks(reference_config.audio.sample_rate, reference_config.audio.clip_s)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_config: TrainingConfig, check_chunks: np.ndarray):
+    """Two tiny responsive folds exported by the real exporter: (manifest, [torch models], export result).
+
+    Built from generated audio only, so every test that uses it runs without ../shared/data/audio."""
     pytest.importorskip("torch")
     pytest.importorskip("timm")
     import torch
@@ -57,7 +97,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_config: TrainingC
     from bird_infer.frontend import LogMelFrontend
     from bird_infer.nn.sed import build_model, recalibrate_batchnorm
 
-    feats = torch.from_numpy(LogMelFrontend(tiny_config.frontend, tiny_config.audio.sample_rate)(real_chunks))
+    feats = torch.from_numpy(LogMelFrontend(tiny_config.frontend, tiny_config.audio.sample_rate)(check_chunks))
     models = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -65,8 +105,15 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_config: TrainingC
         recalibrate_batchnorm(model, list(feats.split(8)))
         models.append(model.eval())
     out = tmp_path_factory.mktemp("tiny_bundle")
-    result = export_folds(models, tiny_config, out, real_chunks)
+    result = export_folds(models, tiny_config, out, check_chunks)
     return result.manifest, models, result
+
+
+def predict_cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m bird_infer predict ARGS`` in a fresh process: its exit status, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "bird_infer", "predict", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
 
 
 def write_json(path: Path, data: dict) -> Path:

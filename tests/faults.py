@@ -6,7 +6,9 @@ name. A file's name says what goes wrong when it is processed:
 - ``kill_always*``: the worker SIGKILLs itself, on every attempt;
 - ``kill_once*``: the worker SIGKILLs itself on the first attempt only;
 - ``raise_always*`` / ``raise_once*``: the same with an exception raised inside the file;
-- ``nan*``: the last fold's ONNX session returns NaN.
+- ``nan_fold*``: the last fold's ONNX session returns NaN; ``nan_all*``: every fold's does;
+- ``stop_always*``: the worker stops itself (SIGSTOP), as a hung worker would: it never returns;
+- ``slow*``: the file takes 3 s longer than it should (a process killed meanwhile is caught mid-file).
 
 "Only the first attempt" is remembered across processes by a ``<name>.tried`` marker file beside the
 audio (not an audio extension, so the job never picks it up).
@@ -44,15 +46,21 @@ class FaultyPredictor(FilePredictor):
             marker.touch()
         if name.startswith("kill_always") or (name.startswith("kill_once") and first):
             os.kill(os.getpid(), signal.SIGKILL)
+        if name.startswith("stop_always"):
+            os.kill(os.getpid(), signal.SIGSTOP)
+        if name.startswith("slow"):
+            time.sleep(3.0)
         if name.startswith("raise_always") or (name.startswith("raise_once") and first):
             raise RuntimeError(f"injected fault in {name}")
         if name.startswith("nan"):
-            real = self.ensemble.sessions[-1]
-            self.ensemble.sessions[-1] = NanSession(real)
+            real = list(self.ensemble.sessions)
+            bad = range(len(real)) if name.startswith("nan_all") else [len(real) - 1]
+            for k in bad:
+                self.ensemble.sessions[k] = NanSession(real[k])
             try:
                 return super().predict_file(path, n_folds)
             finally:
-                self.ensemble.sessions[-1] = real
+                self.ensemble.sessions[:] = real
         return super().predict_file(path, n_folds)
 
 

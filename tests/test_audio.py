@@ -13,8 +13,15 @@ AUDIO = AudioConfig(sample_rate=32000, clip_s=5.0)
 
 
 @pytest.mark.parametrize(
-    ("frames", "sr", "rows"), [(0, 32000, 1), (1, 32000, 1), (160000, 32000, 1), (160001, 32000, 2),
-                               (220000, 22000, 2), (19_200_000, 32000, 120)]
+    ("frames", "sr", "rows"),
+    [
+        (0, 32000, 1),
+        (1, 32000, 1),
+        (160000, 32000, 1),
+        (160001, 32000, 2),
+        (220000, 22000, 2),
+        (19_200_000, 32000, 120),
+    ],
 )
 def test_rows_are_ceil_of_duration(frames: int, sr: int, rows: int) -> None:
     assert n_chunks_for(frames, sr, 5.0) == rows
@@ -29,7 +36,7 @@ def test_resampling_keeps_the_tone_and_pads_the_last_chunk(tmp_path) -> None:
     assert chunks.shape == (2, 160000) and chunks.dtype == np.float32
     spectrum = np.abs(np.fft.rfft(chunks[0]))
     assert abs(np.argmax(spectrum) * 32000 / 160000 - 1000) < 1  # still 1 kHz at 32 kHz
-    assert np.all(chunks[1, int(2.05 * 32000):] == 0)  # 7 s: the second chunk is padded after 2 s
+    assert np.all(chunks[1, int(2.05 * 32000) :] == 0)  # 7 s: the second chunk is padded after 2 s
 
 
 def test_blocks_are_bounded_and_complete(tmp_path) -> None:

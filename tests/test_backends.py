@@ -15,9 +15,9 @@ from tests.conftest import ROOT
 ov = pytest.importorskip("openvino")
 
 
-def test_openvino_fp32_matches_onnxruntime(tiny_bundle, real_chunks) -> None:
+def test_openvino_fp32_matches_onnxruntime(tiny_bundle, check_chunks) -> None:
     manifest, _, _ = tiny_bundle
-    feats = LogMelFrontend(manifest.frontend, manifest.audio.sample_rate)(real_chunks[:8])
+    feats = LogMelFrontend(manifest.frontend, manifest.audio.sample_rate)(check_chunks[:8])
     ref = FoldEnsemble(manifest).fold_outputs(feats)
     got = FoldEnsemble(manifest, SessionSettings(backend="openvino")).fold_outputs(feats)
     print(f"openvino fp32 vs onnxruntime: max |diff| = {np.abs(got - ref).max():.3g}")
@@ -37,8 +37,12 @@ def test_guard_refuses_beyond_its_bound_and_runs_fp32(tmp_path) -> None:
     audio = write_example(tmp_path / "audio").parent
     fp32 = run_predict(audio, ROOT / "models", tmp_path / "fp32.csv", options=RunOptions(workers=1))
     bf16 = RunOptions(workers=1, session=SessionSettings(backend="openvino", precision="bf16"))
-    strict = run_predict(audio, ROOT / "models", tmp_path / "strict.csv",
-                         options=RunOptions(workers=1, session=bf16.session, precision_bound=0.0))
+    strict = run_predict(
+        audio,
+        ROOT / "models",
+        tmp_path / "strict.csv",
+        options=RunOptions(workers=1, session=bf16.session, precision_bound=0.0),
+    )
     print(strict.precision)
     assert strict.precision.startswith("onnxruntime fp32 (")  # refused: bf16 is never exactly fp32
     pd.testing.assert_frame_equal(pd.read_csv(fp32.out_path), pd.read_csv(strict.out_path))

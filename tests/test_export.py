@@ -38,17 +38,17 @@ def test_every_exported_fold_matches_torch_on_real_audio(tiny_bundle, tiny_confi
     assert all(r.max_abs_diff <= TOLERANCE for r in result.reports)
 
 
-def test_batch_axis_is_dynamic(tiny_bundle, tiny_config, real_chunks) -> None:
+def test_batch_axis_is_dynamic(tiny_bundle, tiny_config, check_chunks) -> None:
     manifest, _, _ = tiny_bundle
-    feats = LogMelFrontend(tiny_config.frontend, tiny_config.audio.sample_rate)(real_chunks[:7])
+    feats = LogMelFrontend(tiny_config.frontend, tiny_config.audio.sample_rate)(check_chunks[:7])
     sess = make_session(str(manifest.fold_path(manifest.folds[0])))
     one_by_one = np.concatenate([sess.run(["clipwise"], {"logmel": feats[i : i + 1]})[0] for i in range(7)])
     np.testing.assert_allclose(sess.run(["clipwise"], {"logmel": feats})[0], one_by_one, atol=1e-5)
 
 
-def test_either_front_end_gives_the_same_outputs(tiny_bundle, tiny_config, real_chunks) -> None:
+def test_either_front_end_gives_the_same_outputs(tiny_bundle, tiny_config, check_chunks) -> None:
     _, models, _ = tiny_bundle
-    waves = real_chunks
+    waves = check_chunks
     np_feats = LogMelFrontend(tiny_config.frontend, tiny_config.audio.sample_rate)(waves)
     with torch.no_grad():
         torch_feats = TorchLogMel(tiny_config.frontend, tiny_config.audio.sample_rate)(torch.from_numpy(waves))
@@ -65,10 +65,10 @@ def test_saved_models_hold_no_cpu_specific_layout(tiny_bundle) -> None:
         assert non_portable_nodes(manifest.fold_path(fold)) == []
 
 
-def test_exporter_refuses_a_model_that_disagrees(tmp_path, tiny_bundle, tiny_config, real_chunks) -> None:
+def test_exporter_refuses_a_model_that_disagrees(tmp_path, tiny_bundle, tiny_config, check_chunks) -> None:
     _, models, _ = tiny_bundle
     with pytest.raises(ExportError, match="differs from torch by"):
-        export_folds(models[:1], tiny_config, tmp_path, real_chunks[:4], tolerance=1e-12)
+        export_folds(models[:1], tiny_config, tmp_path, check_chunks[:4], tolerance=1e-12)
     assert not (tmp_path / "fold0.onnx").exists()
     assert not (tmp_path / "manifest.json").exists()
 
@@ -92,8 +92,21 @@ def test_cli_export_from_checkpoints(tmp_path, tiny_bundle, tiny_config) -> None
     from tests.conftest import real_audio_dir
 
     out = tmp_path / "bundle"
-    rc = main(["export", "--config", str(tmp_path / "cfg.json"), "--checkpoints", *ckpts, "--out", str(out),
-               "--check-audio", str(real_audio_dir("opensoundscape")), "--check-chunks", "6"])
+    rc = main(
+        [
+            "export",
+            "--config",
+            str(tmp_path / "cfg.json"),
+            "--checkpoints",
+            *ckpts,
+            "--out",
+            str(out),
+            "--check-audio",
+            str(real_audio_dir("opensoundscape")),
+            "--check-chunks",
+            "6",
+        ]
+    )
     assert rc == 0
     m = load_manifest(out)
     assert [f.name for f in m.folds] == ["fold0", "fold1"] and m.model.backbone == "test_efficientnet"

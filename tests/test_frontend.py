@@ -45,8 +45,13 @@ def test_mel_filterbank_matches_librosa(reference_config: TrainingConfig) -> Non
             fe = dataclasses.replace(reference_config.frontend, mel_scale=scale, mel_norm=norm)
             ours = mel_filterbank(fe, sr)
             ref = librosa.filters.mel(
-                sr=sr, n_fft=fe.n_fft, n_mels=fe.n_mels, fmin=fe.fmin, fmax=fe.fmax,
-                htk=scale == "htk", norm="slaney" if norm == "slaney" else None,
+                sr=sr,
+                n_fft=fe.n_fft,
+                n_mels=fe.n_mels,
+                fmin=fe.fmin,
+                fmax=fe.fmax,
+                htk=scale == "htk",
+                norm="slaney" if norm == "slaney" else None,
             )
             assert ours.shape == (256, 513)
             np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-8)
@@ -93,9 +98,19 @@ def test_matches_librosa_float64_reference(reference_config: TrainingConfig, rea
     ours = LogMelFrontend(fe, sr)(real_chunks[:3])
     for i in range(3):
         mel = librosa.feature.melspectrogram(
-            y=real_chunks[i].astype(np.float64), sr=sr, n_fft=fe.n_fft, hop_length=fe.hop_length,
-            win_length=fe.win_length, center=fe.center, pad_mode=fe.pad_mode, power=fe.power,
-            n_mels=fe.n_mels, fmin=fe.fmin, fmax=fe.fmax, htk=False, norm="slaney",
+            y=real_chunks[i].astype(np.float64),
+            sr=sr,
+            n_fft=fe.n_fft,
+            hop_length=fe.hop_length,
+            win_length=fe.win_length,
+            center=fe.center,
+            pad_mode=fe.pad_mode,
+            power=fe.power,
+            n_mels=fe.n_mels,
+            fmin=fe.fmin,
+            fmax=fe.fmax,
+            htk=False,
+            norm="slaney",
         )
         ref = librosa.power_to_db(mel, ref=fe.ref, amin=fe.amin, top_db=fe.top_db)
         assert float(np.abs(ours[i] - ref).max()) <= DB_TOLERANCE

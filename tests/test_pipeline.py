@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,7 @@ from bird_infer.ensemble import PROB_MAX, SessionSettings
 from bird_infer.errors import SubmissionFormatError
 from bird_infer.job import run_predict
 from bird_infer.pipeline import RunOptions
-from tests.conftest import ROOT, real_audio_dir
+from tests.conftest import predict_cli, real_audio_dir, synthetic_chunks
 
 TOLERANCE = 1e-4
 
@@ -65,9 +62,22 @@ def test_real_folders_match_the_torch_reference(tmp_path, tiny_bundle, folder) -
     assert diff <= TOLERANCE
 
 
+def write_field_like(folder: Path, seconds: dict[str, float], sr: int = 32000) -> Path:
+    """Generated recordings (no shared data needed): name -> length in seconds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (name, secs) in enumerate(seconds.items()):
+        n_chunks = math.ceil(secs / 5.0)
+        wave = synthetic_chunks(sr, 5.0, n_chunks, seed=k).reshape(-1)[: round(secs * sr)]
+        sf.write(folder / name, wave, sr, subtype="PCM_16")
+    return folder
+
+
+FIELD = {"1min.wav": 60.0, "aru_1.wav": 3.0, "birds_10s.wav": 10.0, "dawn.wav": 23.4}
+
+
 def test_pool_equals_single_process(tmp_path, tiny_bundle) -> None:
     manifest, _, _ = tiny_bundle
-    audio = real_audio_dir("opensoundscape")
+    audio = write_field_like(tmp_path / "audio", FIELD)
     single_run = run_predict(audio, manifest.root, tmp_path / "a.csv", options=RunOptions(in_process=True))
     single = pd.read_csv(single_run.out_path)
     pooled = pd.read_csv(run_predict(audio, manifest.root, tmp_path / "b.csv", options=RunOptions(workers=2)).out_path)
@@ -77,10 +87,16 @@ def test_pool_equals_single_process(tmp_path, tiny_bundle) -> None:
 
 def test_batch_size_does_not_change_results(tmp_path, tiny_bundle) -> None:
     manifest, _, _ = tiny_bundle
-    audio = real_audio_dir("opensoundscape") / "1min.wav"
+    audio = write_field_like(tmp_path / "audio", {"1min.wav": 60.0}) / "1min.wav"
     runs = [
-        pd.read_csv(run_predict(audio, manifest.root, tmp_path / f"{bs}.csv",
-                                options=RunOptions(in_process=True, session=SessionSettings(batch_size=bs))).out_path)
+        pd.read_csv(
+            run_predict(
+                audio,
+                manifest.root,
+                tmp_path / f"{bs}.csv",
+                options=RunOptions(in_process=True, session=SessionSettings(batch_size=bs)),
+            ).out_path
+        )
         for bs in (1, 5)
     ]
     pd.testing.assert_frame_equal(runs[0], runs[1], atol=1e-6)
@@ -133,13 +149,14 @@ def test_sample_submission_with_other_labels_is_a_clear_error(tmp_path, tiny_bun
     assert not (tmp_path / "sub.csv").exists()
 
 
-def test_probabilities_stay_strictly_below_one() -> None:
+def test_probabilities_stay_strictly_below_one(tmp_path) -> None:
     from bird_infer.ensemble import clip_probabilities
     from bird_infer.submission import build_submission, write_submission
 
-    df = build_submission(["a"], [clip_probabilities(np.array([[1.0, 0.9999999, -0.1]], np.float32))],
-                          ["x", "y", "z"], 5.0)
-    text = write_submission(df, Path(os.environ.get("TMPDIR", "/tmp")) / "bird_infer_clip.csv").read_text()
+    df = build_submission(
+        ["a"], [clip_probabilities(np.array([[1.0, 0.9999999, -0.1]], np.float32))], ["x", "y", "z"], 5.0
+    )
+    text = write_submission(df, tmp_path / "clip.csv").read_text()
     written = pd.read_csv(pd.io.common.StringIO(text))
     assert written[["x", "y"]].to_numpy().max() < 1.0 and written["z"].iloc[0] == 0.0
 
@@ -152,58 +169,26 @@ def test_rms_combine_rule() -> None:
     np.testing.assert_allclose(combine_folds(folds, "rms"), [[np.sqrt(0.05), np.sqrt(0.53)]], rtol=1e-6)
 
 
-def run_cmd(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
 def test_cli_and_module_entry_points(tmp_path, tiny_bundle) -> None:
     manifest, _, _ = tiny_bundle
-    audio = real_audio_dir("opensoundscape")
-    r = run_cmd([sys.executable, "-m", "bird_infer", "predict", "--audio", str(audio), "--models",
-                 str(manifest.root), "--out", str(tmp_path / "m.csv"), "--workers", "1"], cwd=tmp_path)
+    audio = write_field_like(tmp_path / "audio", FIELD)
+    r = predict_cli(
+        "--audio",
+        str(audio),
+        "--models",
+        str(manifest.root),
+        "--out",
+        str(tmp_path / "m.csv"),
+        "--workers",
+        "1",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
-    bad = run_cmd([sys.executable, "-m", "bird_infer", "predict", "--audio", str(audio), "--models", str(tmp_path)],
-                  cwd=tmp_path)
+    bad = predict_cli("--audio", str(audio), "--models", str(tmp_path), cwd=tmp_path)
     assert bad.returncode == 2 and "no manifest" in bad.stderr
 
 
-def test_kaggle_kernel_as_script(tmp_path, tiny_bundle) -> None:
-    manifest, _, _ = tiny_bundle
-    audio = real_audio_dir("opensoundscape")
-    r = run_cmd([sys.executable, str(ROOT / "kaggle_kernel.py"), "--audio", str(audio), "--models",
-                 str(manifest.root), "--workers", "2"], cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "projected total" in r.stderr and "chunks/s" in r.stderr
-    assert len(pd.read_csv(tmp_path / "submission.csv")) == sum(expected_rows(p) for p in audio.glob("*.wav"))
-
-
-def test_kaggle_kernel_pasted_into_a_notebook(tmp_path, tiny_bundle) -> None:
-    """No __file__, the notebook's own argv, and a fake /kaggle/input with competition and bundle datasets."""
-    import shutil
-
-    manifest, _, _ = tiny_bundle
-    kin = tmp_path / "input"
-    comp = kin / "birdclef-2023" / "test_soundscapes"
-    comp.mkdir(parents=True)
-    src = real_audio_dir("opensoundscape")
-    for name in ("birds_10s.wav", "aru_1.wav"):
-        shutil.copy(src / name, comp / name)
-    pd.DataFrame(columns=["row_id", *manifest.labels]).to_csv(kin / "birdclef-2023" / "sample_submission.csv",
-                                                               index=False)
-    bundle = kin / "bird-infer-bundle"
-    shutil.copytree(manifest.root, bundle / "models")
-    cell = (
-        "import sys; sys.argv = ['ipykernel_launcher.py', '-f', '/tmp/kernel.json']\n"
-        + (ROOT / "kaggle_kernel.py").read_text()
-    )
-    r = run_cmd([sys.executable, "-c", cell], cwd=tmp_path, env_extra={"BIRD_INFER_KAGGLE_INPUT": str(kin)})
-    assert r.returncode == 0, r.stderr
-    df = pd.read_csv(tmp_path / "submission.csv")
-    assert df["row_id"].tolist() == ["aru_1_5", "birds_10s_5", "birds_10s_10", "birds_10s_15"]
-
-
-def test_segment_max_output_rule(tmp_path, tiny_bundle, real_chunks) -> None:
+def test_segment_max_output_rule(tmp_path, tiny_bundle, check_chunks) -> None:
     """ensemble.output = segment_max scores each chunk by the max of the segment-wise output."""
     import dataclasses
     import shutil
@@ -219,7 +204,7 @@ def test_segment_max_output_rule(tmp_path, tiny_bundle, real_chunks) -> None:
     m = dataclasses.replace(load_manifest(tmp_path / "b"), ensemble=rule)
     write_manifest(m, tmp_path / "b")
     m = load_manifest(tmp_path / "b")
-    feats = LogMelFrontend(m.frontend, m.audio.sample_rate)(real_chunks[:6])
+    feats = LogMelFrontend(m.frontend, m.audio.sample_rate)(check_chunks[:6])
     with torch.no_grad():
         expected = torch.stack([mod(torch.from_numpy(feats))[1].amax(dim=2) for mod in models]).mean(0).numpy()
     got = FoldEnsemble(m).predict(feats)

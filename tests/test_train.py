@@ -178,8 +178,9 @@ def test_synthetic_calls_differ_between_species_and_vary_within() -> None:
 
 
 def test_synthetic_soundscape_truth_matches_its_events(tmp_path) -> None:
-    spec = CorpusSpec(labels=tuple(CALL_TYPES)[:4], clips_per_label=0, soundscapes=1, soundscape_s=60,
-                      calls_per_minute=20)
+    spec = CorpusSpec(
+        labels=tuple(CALL_TYPES)[:4], clips_per_label=0, soundscapes=1, soundscape_s=60, calls_per_minute=20
+    )
     out = write_corpus(tmp_path, spec, seed=3, clips=False)
     truth = pd.read_csv(out / "truth.csv")
     events = pd.read_csv(out / "events.csv")
@@ -214,8 +215,19 @@ def test_short_training_lowers_the_loss_and_exports(tmp_path, tiny_config) -> No
     assert ckpt["labels"] == list(labels) and ckpt["history"][-1]["val_cmap"] is not None
     # The exporter reads what training wrote, as written.
     assert load_training_config(out / "train_config.json") == config
-    rc = cli_main(["export", "--config", str(out / "train_config.json"), "--checkpoints", str(paths[0]),
-                   "--out", str(tmp_path / "models"), "--check-audio", str(tmp_path / "corpus" / "train_audio")])
+    rc = cli_main(
+        [
+            "export",
+            "--config",
+            str(out / "train_config.json"),
+            "--checkpoints",
+            str(paths[0]),
+            "--out",
+            str(tmp_path / "models"),
+            "--check-audio",
+            str(tmp_path / "corpus" / "train_audio"),
+        ]
+    )
     assert rc == 0
     manifest = load_manifest(tmp_path / "models")
     assert manifest.labels == labels and json.loads((out / "training_summary.json").read_text())["runs"]

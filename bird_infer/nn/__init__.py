@@ -9,8 +9,7 @@ try:
     import torch  # noqa: F401
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "bird_infer.nn needs PyTorch and timm: pip install 'bird_infer[torch]' "
-        "(torch==2.14.1 torchvision==0.29.1 timm)"
+        "bird_infer.nn needs PyTorch and timm: pip install 'bird_infer[torch]' (torch==2.14.1 torchvision==0.29.1 timm)"
     ) from e
 
 from bird_infer.nn.frontend import TorchLogMel

@@ -70,8 +70,9 @@ def mix_background(x: np.ndarray, background: np.ndarray, snr_db: float) -> np.n
     return (x + background * (_rms(x) / _rms(background) / 10 ** (snr_db / 20))).astype(np.float32)
 
 
-def augment_wave(x: np.ndarray, sample_rate: int, cfg: AugmentConfig, rng: np.random.Generator,
-                 background: np.ndarray | None = None) -> np.ndarray:
+def augment_wave(
+    x: np.ndarray, sample_rate: int, cfg: AugmentConfig, rng: np.random.Generator, background: np.ndarray | None = None
+) -> np.ndarray:
     """All waveform augmentations, each applied with its probability, in a fixed order."""
     if cfg.pitch_p and rng.random() < cfg.pitch_p:
         x = pitch_shift(x, sample_rate, float(rng.uniform(*cfg.pitch_semitones)))
@@ -84,8 +85,9 @@ def augment_wave(x: np.ndarray, sample_rate: int, cfg: AugmentConfig, rng: np.ra
     return x
 
 
-def mixup(waves: torch.Tensor, targets: torch.Tensor, alpha: float,
-          generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(
+    waves: torch.Tensor, targets: torch.Tensor, alpha: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """waves (B, n) and targets (B, L): each clip mixed with a permuted partner, weight ~ Beta(alpha, alpha).
 
     The target is the union (element-wise max): both clips' calls are audible in the mix.

@@ -61,24 +61,34 @@ def load_records(root: str | Path) -> list[Record]:
                 raise TrainingDataError(f"{meta} has no '{col}' column (BirdCLEF layout)")
         audio = root / "train_audio"
         secondary = df["secondary_labels"] if "secondary_labels" in df.columns else [None] * len(df)
-        records = [Record(audio / f, str(p), _parse_secondary(s))
-                   for p, f, s in zip(df["primary_label"], df["filename"], secondary, strict=True)]
+        records = [
+            Record(audio / f, str(p), _parse_secondary(s))
+            for p, f, s in zip(df["primary_label"], df["filename"], secondary, strict=True)
+        ]
     elif root.is_dir():
-        records = [Record(p, d.name) for d in sorted(root.iterdir()) if d.is_dir()
-                   for p in sorted(d.iterdir()) if p.suffix.lower() in AUDIO_EXTENSIONS]
+        records = [
+            Record(p, d.name)
+            for d in sorted(root.iterdir())
+            if d.is_dir()
+            for p in sorted(d.iterdir())
+            if p.suffix.lower() in AUDIO_EXTENSIONS
+        ]
     else:
         raise TrainingDataError(f"training data folder {root} does not exist")
     if not records:
-        raise TrainingDataError(f"no training recordings under {root}: expected train_metadata.csv + "
-                                "train_audio/, or one folder of audio files per class")
+        raise TrainingDataError(
+            f"no training recordings under {root}: expected train_metadata.csv + "
+            "train_audio/, or one folder of audio files per class"
+        )
     missing = [r.path for r in records if not r.path.is_file()]
     if missing:
         raise TrainingDataError(f"{len(missing)} listed files are missing, e.g. {missing[:3]}")
     return records
 
 
-def make_folds(primary: list[str], n_folds: int = 5, seed: int = 42,
-               minor_max: int = MINOR_MAX) -> list[tuple[np.ndarray, np.ndarray]]:
+def make_folds(
+    primary: list[str], n_folds: int = 5, seed: int = 42, minor_max: int = MINOR_MAX
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train indices, validation indices) per fold.
 
     Classes with at most ``minor_max`` samples are in every fold's training set and no validation set;

@@ -63,8 +63,13 @@ def smooth_labels(y: torch.Tensor, eps: float) -> torch.Tensor:
     return y * (1 - eps) + eps / 2
 
 
-def sed_loss(clipwise: torch.Tensor, segmentwise: torch.Tensor, target: torch.Tensor,
-             clip_weight: float = 1.0, segment_weight: float = 0.5) -> torch.Tensor:
+def sed_loss(
+    clipwise: torch.Tensor,
+    segmentwise: torch.Tensor,
+    target: torch.Tensor,
+    clip_weight: float = 1.0,
+    segment_weight: float = 0.5,
+) -> torch.Tensor:
     """clipwise (B, L) and segmentwise (B, L, T) probabilities, target (B, L) -> scalar loss.
 
     BCE on the clip-wise output x ``clip_weight`` + BCE on the max over time of the segment-wise
@@ -153,8 +158,13 @@ def train_model(
             with torch.no_grad():
                 feats = spec_augment(frontend(x), recipe.augment, gen)
             clipwise, segmentwise = model(feats)
-            loss = sed_loss(clipwise, segmentwise, smooth_labels(y, recipe.label_smoothing),
-                            recipe.clip_loss_weight, recipe.segment_loss_weight)
+            loss = sed_loss(
+                clipwise,
+                segmentwise,
+                smooth_labels(y, recipe.label_smoothing),
+                recipe.clip_loss_weight,
+                recipe.segment_loss_weight,
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -169,8 +179,9 @@ def train_model(
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, frontend: torch.nn.Module, bank: ClipBank, config: TrainingConfig,
-             recipe: RecipeConfig) -> tuple[float, float]:
+def evaluate(
+    model: torch.nn.Module, frontend: torch.nn.Module, bank: ClipBank, config: TrainingConfig, recipe: RecipeConfig
+) -> tuple[float, float]:
     """Validation loss (unsmoothed targets) and padded cmAP on the first 5 s of each recording."""
     import pandas as pd
 
@@ -189,11 +200,19 @@ def evaluate(model: torch.nn.Module, frontend: torch.nn.Module, bank: ClipBank, 
     return float(np.sum(losses) / len(bank.waves)), padded_cmap(truth, sub)
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, config: TrainingConfig, history: list[EpochStats],
-                    **extra: object) -> Path:
+def save_checkpoint(
+    path: Path, model: torch.nn.Module, config: TrainingConfig, history: list[EpochStats], **extra: object
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "labels": list(config.labels),
-                "history": [dataclasses.asdict(h) for h in history], **extra}, path)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "labels": list(config.labels),
+            "history": [dataclasses.asdict(h) for h in history],
+            **extra,
+        },
+        path,
+    )
     return path
 
 

@@ -61,15 +61,28 @@ def run_training(
     for name, tr, va in runs:
         t0 = time.perf_counter()
         log.info("%s: %d training, %d validation recordings", name, len(tr), len(va))
-        model, history = train_model(config, [records[i] for i in tr], recipe,
-                                     [records[i] for i in va] or None, init, bgs)
-        path = save_checkpoint(out / f"{name}.pt", model, config, history,
-                               train_files=[str(records[i].path) for i in tr],
-                               val_files=[str(records[i].path) for i in va])
+        model, history = train_model(
+            config, [records[i] for i in tr], recipe, [records[i] for i in va] or None, init, bgs
+        )
+        path = save_checkpoint(
+            out / f"{name}.pt",
+            model,
+            config,
+            history,
+            train_files=[str(records[i].path) for i in tr],
+            val_files=[str(records[i].path) for i in va],
+        )
         paths.append(path)
         last = history[-1] if history else None
-        summary["runs"].append({"name": name, "train": len(tr), "val": len(va), "seconds": time.perf_counter() - t0,
-                                "final": dataclasses.asdict(last) if last else None})
+        summary["runs"].append(
+            {
+                "name": name,
+                "train": len(tr),
+                "val": len(va),
+                "seconds": time.perf_counter() - t0,
+                "final": dataclasses.asdict(last) if last else None,
+            }
+        )
     summary["seconds"] = time.perf_counter() - started
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return paths

@@ -243,14 +243,16 @@ def write_training_clips(out: Path, spec: CorpusSpec, backgrounds: Backgrounds, 
             mix = backgrounds.get(n)
             for _ in range(int(rng.integers(spec.calls_per_clip[0], spec.calls_per_clip[1] + 1))):
                 call = make_call(label, rng, sr)
-                _place(mix, call, int(rng.integers(0, max(1, n - call.size))), rng.uniform(*spec.snr_db),
-                       backgrounds.rms)
+                _place(
+                    mix, call, int(rng.integers(0, max(1, n - call.size))), rng.uniform(*spec.snr_db), backgrounds.rms
+                )
             secondary = []
             if rng.random() < spec.secondary_p:
                 other = str(rng.choice([x for x in spec.labels if x != label]))
                 call = make_call(other, rng, sr)
-                _place(mix, call, int(rng.integers(0, max(1, n - call.size))), rng.uniform(*spec.snr_db),
-                       backgrounds.rms)
+                _place(
+                    mix, call, int(rng.integers(0, max(1, n - call.size))), rng.uniform(*spec.snr_db), backgrounds.rms
+                )
                 secondary.append(other)
             rel = f"{label}/{label}_{k:04d}.ogg"
             _write(out / "train_audio" / rel, mix, sr)
@@ -260,8 +262,9 @@ def write_training_clips(out: Path, spec: CorpusSpec, backgrounds: Backgrounds, 
     return path
 
 
-def write_soundscapes(out: Path, spec: CorpusSpec, backgrounds: Backgrounds, rng: np.random.Generator,
-                      clip_s: float = 5.0) -> Path:
+def write_soundscapes(
+    out: Path, spec: CorpusSpec, backgrounds: Backgrounds, rng: np.random.Generator, clip_s: float = 5.0
+) -> Path:
     """``out/soundscapes/*.ogg``, ``out/truth.csv`` (submission format, 0/1) and ``out/events.csv``."""
     sr = spec.sample_rate
     n_rows = int(spec.soundscape_s // clip_s)
@@ -280,8 +283,15 @@ def write_soundscapes(out: Path, spec: CorpusSpec, backgrounds: Backgrounds, rng
             _place(mix, call, start, snr, backgrounds.rms)
             mid_s = (start + call.size / 2) / sr
             truth[min(n_rows - 1, int(mid_s // clip_s)), j] = 1
-            events.append({"soundscape": name, "label": spec.labels[j], "start_s": round(start / sr, 3),
-                           "end_s": round((start + call.size) / sr, 3), "snr_db": round(snr, 1)})
+            events.append(
+                {
+                    "soundscape": name,
+                    "label": spec.labels[j],
+                    "start_s": round(start / sr, 3),
+                    "end_s": round((start + call.size) / sr, 3),
+                    "snr_db": round(snr, 1),
+                }
+            )
         _write(out / "soundscapes" / f"{name}.ogg", mix, sr)
         for r in range(n_rows):
             truth_rows.append([f"{name}_{int((r + 1) * clip_s)}", *truth[r].tolist()])
@@ -291,8 +301,14 @@ def write_soundscapes(out: Path, spec: CorpusSpec, backgrounds: Backgrounds, rng
     return path
 
 
-def write_corpus(out: str | Path, spec: CorpusSpec, background_sources: list[Path] | None = None,
-                 seed: int = 0, clips: bool = True, soundscapes: bool = True) -> Path:
+def write_corpus(
+    out: str | Path,
+    spec: CorpusSpec,
+    background_sources: list[Path] | None = None,
+    seed: int = 0,
+    clips: bool = True,
+    soundscapes: bool = True,
+) -> Path:
     """Training clips and/or test soundscapes under ``out``, plus ``labels.txt``; returns ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

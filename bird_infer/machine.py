@@ -1,0 +1,70 @@
+"""What machine this is: CPU model, cores and the vector extensions that decide how fast the folds run.
+
+Kaggle's CPU notebooks show 4 vCPUs (2 physical cores) and are likely AVX2-only, without AVX-512, bf16 or
+AMX; every run logs what it actually found, so that a slow run can be explained.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    physical_cores: int | None
+    """Distinct (package, core) pairs; None where the OS does not say."""
+    logical_cores: int
+    usable_cores: int
+    """Cores this process may run on (affinity)."""
+    flags: tuple[str, ...]
+    """The subset of :data:`FLAGS_OF_INTEREST` the CPU has."""
+
+    @property
+    def has_bf16(self) -> bool:
+        return "avx512_bf16" in self.flags or "amx_bf16" in self.flags
+
+    def line(self) -> str:
+        phys = "?" if self.physical_cores is None else str(self.physical_cores)
+        return (
+            f"CPU: {self.model}; {phys} physical / {self.logical_cores} logical cores ({self.usable_cores} usable); "
+            f"{' '.join(self.flags) or 'no AVX2'}; bf16 {'yes' if self.has_bf16 else 'no'}"
+        )
+
+
+def cpu_info(cpuinfo: str | None = None) -> CpuInfo:
+    """Read ``/proc/cpuinfo`` (or the text given); elsewhere only the platform's processor name."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text(errors="replace") if path.exists() else ""
+    model, flags, cores = platform.processor() or platform.machine(), set(), set()
+    phys_id = core_id = None
+    for line in cpuinfo.splitlines():
+        key, _, value = (s.strip() for s in line.partition(":"))
+        if key == "model name":
+            model = value
+        elif key == "flags":
+            flags.update(value.split())
+        elif key == "physical id":
+            phys_id = value
+        elif key == "core id":
+            core_id = value
+        elif not key and phys_id is not None and core_id is not None:  # a blank line ends one processor
+            cores.add((phys_id, core_id))
+            phys_id = core_id = None
+    if phys_id is not None and core_id is not None:
+        cores.add((phys_id, core_id))
+    logical = os.cpu_count() or 1
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
+    return CpuInfo(
+        model=model or "unknown",
+        physical_cores=len(cores) or None,
+        logical_cores=logical,
+        usable_cores=usable,
+        flags=tuple(f for f in FLAGS_OF_INTEREST if f in flags),
+    )
