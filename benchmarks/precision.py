@@ -115,7 +115,7 @@ def raw_exports(checkpoints: list[Path], config_path: Path, folder: Path) -> lis
     import torch
 
     from bird_infer.export import _export_raw, load_fold_checkpoint
-    from bird_infer.manifest import load_training_config
+    from bird_infer.training_config import load_training_config
 
     config = load_training_config(config_path)
     out = []

@@ -13,7 +13,7 @@ import numpy as np
 import soundfile as sf
 
 from bird_infer.audio import find_audio_files, read_chunks
-from bird_infer.manifest import AudioConfig
+from bird_infer.schema import AudioConfig
 
 SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "audio"
 BLOCK_S = 10

@@ -5,7 +5,7 @@ Public API::
     from bird_infer import load_manifest, run_predict, LogMelFrontend, FoldEnsemble
 """
 
-from bird_infer.ensemble import FoldEnsemble, SessionSettings
+from bird_infer.ensemble import BundleModel, FoldEnsemble, SessionSettings
 from bird_infer.errors import BirdInferError, ManifestError
 from bird_infer.frontend import LogMelFrontend
 from bird_infer.job import run_predict
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BirdInferError",
+    "BundleModel",
     "FoldEnsemble",
     "LogMelFrontend",
     "Manifest",

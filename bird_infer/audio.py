@@ -32,7 +32,7 @@ import soundfile as sf
 import soxr
 
 from bird_infer.errors import AudioDecodeError
-from bird_infer.manifest import AudioConfig
+from bird_infer.schema import RESAMPLERS, AudioConfig
 
 # Extensions that mark an entry as audio. Every one found under --audio gets rows or a report line;
 # libsndfile cannot decode some (m4a, aac, webm, wma): those are reported with the reason.
@@ -193,19 +193,86 @@ def audio_info(path: str | Path) -> AudioInfo:
     return info
 
 
-class ChunkReader:
-    """Iterate over a file's chunks in blocks of up to ``block_chunks``, each (k, chunk_samples) float32.
+@dataclass(frozen=True)
+class WindowSpec:
+    """What one kind of model call needs: audio at ``sample_rate`` (resampled by ``resampler``), in windows of
+    ``window_samples`` centred on each row."""
 
-    After iteration: ``claimed`` (rows the header claims, capped), ``decoded`` (chunks yielded) and
-    ``error`` (why decoding stopped before the end, or None). Mono mixdown is the mean over channels;
-    non-finite samples (NaN or inf in float files) become 0. Opening failures raise AudioDecodeError; a
-    failure after audio has decoded ends the iteration and is kept in ``error``.
+    sample_rate: int
+    window_samples: int
+    resampler: str = "soxr_hq"
+
+    @classmethod
+    def of(cls, audio: AudioConfig) -> WindowSpec:
+        return cls(audio.sample_rate, audio.chunk_samples, audio.resampler)
+
+
+class _Stream:
+    """One rate's resampled samples, kept from the earliest window still needed."""
+
+    def __init__(self, sr_in: int, rate: int, resampler: str, row_s: float) -> None:
+        quality = RESAMPLERS[resampler]
+        self.resampler = (
+            None if sr_in == rate else soxr.ResampleStream(sr_in, rate, 1, dtype="float32", quality=quality)
+        )
+        self.row_samples = round(row_s * rate)
+        self.pieces: list[np.ndarray] = []
+        self.base = 0  # absolute index of the first kept sample
+        self.total = 0  # samples received so far
+
+    def feed(self, mono: np.ndarray, last: bool) -> None:
+        out = self.resampler.resample_chunk(mono, last=last) if self.resampler is not None else mono
+        if out.size:
+            self.pieces.append(np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0))
+            self.total += out.size
+
+    def start(self, row: int, window: int) -> int:
+        """First sample of ``row``'s window: centred on the row (for a window of one row: the row itself)."""
+        return row * self.row_samples + (self.row_samples - window) // 2
+
+    def windows(self, first_row: int, n_rows: int, window: int) -> np.ndarray:
+        """(n_rows, window) float32; samples before the file's start or past its end are zero."""
+        buf = (
+            np.concatenate(self.pieces)
+            if len(self.pieces) > 1
+            else (self.pieces[0] if self.pieces else np.zeros(0, np.float32))
+        )
+        self.pieces = [buf] if buf.size else []
+        out = np.zeros((n_rows, window), dtype=np.float32)
+        end_buf = self.base + buf.size
+        for k in range(n_rows):
+            s = self.start(first_row + k, window)
+            a, b = max(s, self.base), min(s + window, end_buf)
+            if b > a:
+                out[k, a - s : b - s] = buf[a - self.base : b - self.base]
+        return out
+
+    def trim(self, keep_from: int) -> None:
+        """Forget samples before absolute index ``keep_from``."""
+        if keep_from <= self.base or not self.pieces:
+            return
+        buf = self.pieces[0] if len(self.pieces) == 1 else np.concatenate(self.pieces)
+        drop = min(keep_from - self.base, buf.size)
+        self.pieces = [buf[drop:]] if buf.size > drop else []
+        self.base += drop
+
+
+class RowReader:
+    """Decode a file once and yield its rows in blocks: ``(first_row, {spec: (k, window_samples) float32})``.
+
+    One soxr stream per distinct (rate, resampler), one window per row and :class:`WindowSpec`, centred on
+    the row and zero-padded at the file's edges; memory is bounded by the block and the longest window.
+    After iteration: ``claimed`` (rows the header claims, capped), ``decoded`` (rows predicted from decoded
+    audio: ``ceil(decoded seconds / row_s)``, at least 1) and ``error`` / ``note`` (see the module docstring).
+    Mono mixdown is the mean over channels; non-finite samples become 0. Opening failures raise
+    AudioDecodeError; a failure after audio has decoded ends the iteration and is kept in ``error``.
     """
 
-    def __init__(self, path: str | Path, audio: AudioConfig, block_chunks: int = 12) -> None:
+    def __init__(self, path: str | Path, specs: list[WindowSpec], row_s: float, block_rows: int = 12) -> None:
         self.path = Path(path)
-        self.audio = audio
-        self.block_chunks = max(1, block_chunks)
+        self.specs = list(dict.fromkeys(specs))
+        self.row_s = row_s
+        self.block_rows = max(1, block_rows)
         self.claimed = 0
         self.decoded = 0
         self.error: str | None = None
@@ -219,7 +286,7 @@ class ChunkReader:
         """Rows this file gets: what decoded, or the claim when that is longer."""
         return max(self.claimed, self.decoded, 1)
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[tuple[int, dict[WindowSpec, np.ndarray]]]:
         problem = entry_problem(self.path)
         if problem:
             raise AudioDecodeError(f"{self.path.name}: {problem}")
@@ -227,32 +294,27 @@ class ChunkReader:
             f, info = _info_from(fh, self.path)
             with f:
                 self.info = info
-                self.claimed = claimed_chunks(info, self.audio.clip_s)
+                self.claimed = claimed_chunks(info, self.row_s)
                 yield from self._blocks(f, info)
 
-    def _blocks(self, f: sf.SoundFile, info: AudioInfo) -> Iterator[np.ndarray]:
-        chunk, sr_in = self.audio.chunk_samples, info.sample_rate
-        limit_out = max_chunks(self.audio.clip_s) * chunk
-        resampler = (
-            None
-            if sr_in == self.audio.sample_rate
-            else soxr.ResampleStream(sr_in, self.audio.sample_rate, 1, dtype="float32", quality="HQ")
-        )
+    def _blocks(self, f: sf.SoundFile, info: AudioInfo) -> Iterator[tuple[int, dict[WindowSpec, np.ndarray]]]:
+        sr_in = info.sample_rate
+        streams = {
+            (s.sample_rate, s.resampler): _Stream(sr_in, s.sample_rate, s.resampler, self.row_s) for s in self.specs
+        }
         read_frames = max(1, round(READ_S * sr_in))
-        want = self.block_chunks * chunk
-        pending: list[np.ndarray] = []
-        pending_n = 0
-        emitted = 0
-        read_in = 0
         limit_in = math.ceil(MAX_FILE_S * sr_in)
+        row_in = self.row_s * sr_in
+        next_row = 0
+        read_in = 0
         last = False
         while not last:
             try:
                 data = f.read(min(read_frames, limit_in - read_in), dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError, OSError, ValueError, MemoryError) as e:
-                if read_in == 0:
-                    raise AudioDecodeError(f"{self.path.name}: cannot decode ({type(e).__name__}: {e})") from e
                 reason = getattr(e, "error_string", None) or str(e)
+                if read_in == 0:
+                    raise AudioDecodeError(f"{self.path.name}: cannot decode ({type(e).__name__}: {reason})") from e
                 self.error = f"decoding stopped after {read_in / sr_in:.1f} s ({type(e).__name__}: {reason})"
                 data = np.zeros((0, 1), np.float32)
             read_in += data.shape[0]
@@ -260,27 +322,28 @@ class ChunkReader:
             if last and read_in == 0 and (info.frames is None or info.frames > 0):
                 raise AudioDecodeError(f"{self.path.name}: no audio decodes ({self.error or 'no data'})")
             mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-            if resampler is not None:
-                mono = resampler.resample_chunk(mono, last=last)
-            if mono.size:
-                pending.append(np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0))
-                pending_n += mono.size
-            if last:  # zero-pad the last partial chunk (and give an empty file one chunk of silence)
-                pad = (-(emitted + pending_n)) % chunk if emitted + pending_n else chunk
-                if pad:
-                    pending.append(np.zeros(pad, np.float32))
-                    pending_n += pad
-            while pending_n >= want or (last and pending_n > 0):
-                buf = np.concatenate(pending) if len(pending) > 1 else pending[0]
-                take = min(want, pending_n, limit_out - emitted) // chunk * chunk
-                if take <= 0:
-                    pending, pending_n = [], 0
-                    break
-                yield buf[:take].reshape(-1, chunk)
-                emitted += take
-                self.decoded = emitted // chunk
-                rest = buf[take:]
-                pending, pending_n = ([rest], rest.size) if rest.size else ([], 0)
+            for stream in streams.values():
+                stream.feed(mono, last)
+            if last:
+                n_rows = max(1, math.ceil(read_in / row_in - 1e-9))
+                ready = n_rows
+            else:
+                ready = min(self._ready(streams, s) for s in self.specs)
+            while ready - next_row >= self.block_rows or (last and ready > next_row):
+                k = min(self.block_rows, ready - next_row)
+                block = {
+                    s: streams[(s.sample_rate, s.resampler)].windows(next_row, k, s.window_samples) for s in self.specs
+                }
+                yield next_row, block
+                next_row += k
+                self.decoded = next_row
+                for key, stream in streams.items():
+                    starts = [
+                        stream.start(next_row, s.window_samples)
+                        for s in self.specs
+                        if (s.sample_rate, s.resampler) == key
+                    ]
+                    stream.trim(min(starts))
         if self.error is None and read_in >= limit_in:
             self.error = f"the file continues past the {MAX_FILE_S / 3600:g}-hour cap: the rest is not read"
         if self.error is None and info.frames is None and info.header_frames < 2**62:
@@ -290,6 +353,30 @@ class ChunkReader:
             )
         if self.error is None and info.frames is not None and self.decoded < self.claimed:
             self.error = f"the header claims {info.frames / sr_in:.1f} s but only {read_in / sr_in:.1f} s decodes"
+
+    @staticmethod
+    def _ready(streams: dict[tuple[int, str], _Stream], spec: WindowSpec) -> int:
+        """Rows whose ``spec`` window lies wholly within the samples received so far."""
+        stream = streams[(spec.sample_rate, spec.resampler)]
+        r, w = stream.row_samples, spec.window_samples
+        # row i is ready when start(i) + w <= total, start(i) = i * r + (r - w) // 2
+        return max(0, (stream.total - w - (r - w) // 2) // r + 1)
+
+
+class ChunkReader:
+    """One window spec's blocks of chunks, (k, chunk_samples) float32: rows of ``audio.clip_s`` (see
+    :class:`RowReader`). For training, the exporter's check audio and one-member tools."""
+
+    def __init__(self, path: str | Path, audio: AudioConfig, block_chunks: int = 12) -> None:
+        self.spec = WindowSpec.of(audio)
+        self._reader = RowReader(path, [self.spec], audio.clip_s, block_chunks)
+
+    def __getattr__(self, name: str):
+        return getattr(self._reader, name)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for _, block in self._reader:
+            yield block[self.spec]
 
 
 def iter_chunk_blocks(path: str | Path, audio: AudioConfig, block_chunks: int = 12) -> Iterator[np.ndarray]:

@@ -145,27 +145,45 @@ def predict_from_args(args: argparse.Namespace) -> int:
 def export_from_args(args: argparse.Namespace) -> int:
     try:
         from bird_infer import export
-        from bird_infer.manifest import load_training_config
+        from bird_infer.training_config import load_training_config
     except ImportError as e:
         raise BirdInferError(f"export needs the torch extra: pip install 'bird_infer[torch]' ({e})") from e
 
     config = load_training_config(args.config)
     if args.description:
         config = dataclasses.replace(config, description=args.description)
-    models = [export.load_fold_checkpoint(p, config) for p in args.checkpoints]
+    factory = export.model_factory(args.model_factory) if args.model_factory else None
+    if args.member_name is None:
+        args.member_name = Path(args.config).stem if args.add_to else "default"
+    models = [export.load_fold_checkpoint(p, config, factory) for p in args.checkpoints]
     if args.check_audio:
         waves = export.check_chunks_from_audio(args.check_audio, config, args.check_chunks)
     else:
         logging.getLogger(__name__).warning("no --check-audio given: checking on synthetic signals only")
         waves = export.synthetic_check_chunks(config, args.check_chunks)
-    names = args.fold_names or [f"fold{i}" for i in range(len(models))]
-    result = export.export_folds(models, config, args.out, waves, names, args.tolerance)
+    out = args.add_to or args.out
+    if out is None:
+        raise BirdInferError("give --out (a new bundle) or --add-to (an existing bundle)")
+    result = export.export_folds(
+        models,
+        config,
+        out,
+        waves,
+        args.fold_names,
+        args.tolerance,
+        name=args.member_name,
+        weight=args.weight,
+        add_to=args.add_to is not None,
+    )
     for r in result.reports:
         print(
             f"{r.name}: max |clipwise onnx - torch| = {r.max_abs_diff:.3g} (tolerance {args.tolerance:g}), "
             f"output spread {r.output_spread:.3g}"
         )
-    print(f"wrote {len(result.reports)} folds and {Path(args.out) / 'manifest.json'}")
+    print(
+        f"wrote {len(result.reports)} folds of member {args.member_name!r} and {Path(out) / 'manifest.json'} "
+        f"({len(result.manifest.members)} member(s))"
+    )
     return 0
 
 
@@ -184,10 +202,10 @@ def train_from_args(args: argparse.Namespace) -> int:
     try:
         import torch
 
-        from bird_infer.manifest import load_training_config
         from bird_infer.train.augment import AugmentConfig
         from bird_infer.train.recipe import RecipeConfig
         from bird_infer.train.run import run_training
+        from bird_infer.training_config import load_training_config
     except ImportError as e:
         raise BirdInferError(f"train needs the train extra: pip install 'bird_infer[train]' ({e})") from e
 
@@ -269,7 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="fold checkpoints -> graph-optimised ONNX + manifest (needs torch)")
     exp.add_argument("--config", type=Path, required=True, help="training config JSON (labels, audio, frontend, model)")
     exp.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="one checkpoint per fold")
-    exp.add_argument("--out", type=Path, required=True, help="output folder (manifest.json + foldK.onnx)")
+    exp.add_argument("--out", type=Path, help="output folder for a new bundle (manifest.json + foldK.onnx)")
+    exp.add_argument("--add-to", type=Path, help="an existing bundle folder: the folds join it as a new member")
+    exp.add_argument(
+        "--member-name",
+        default=None,
+        help="the member's name (default: 'default', or the config file's stem with --add-to)",
+    )
+    exp.add_argument("--weight", type=positive_float, default=1.0, help="the member's weight (default 1)")
+    exp.add_argument(
+        "--model-factory",
+        help="package.module:function building any nn.Module from the config (default: bird_infer's SED model)",
+    )
     exp.add_argument(
         "--check-audio", type=Path, nargs="*", help="real recordings (files or folders) to check parity on"
     )

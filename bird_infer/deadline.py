@@ -6,7 +6,9 @@ The order, from the first resort to the last:
    projects the finish from what the finished files cost (seconds per chunk for decoding + front-end,
    and per chunk *per fold* for the models, over the parallelism actually achieved). It picks the
    largest fold count whose projected finish stays within ``safety`` x the limit. Folds are dropped
-   from the end of the manifest's list (fold4 first), never added back once dropped.
+   in the keeping order the manifest gives (:meth:`~bird_infer.schema.Manifest.fold_order`: the last fold of
+   the least valuable member first; one-member bundles drop fold4 first), never added back once dropped,
+   and never the last fold of a member.
 2. **Fallback rows at the hard stop.** At ``limit - reserve`` the run stops: files still running or
    waiting get the fallback rows and an entry in the error report, the workers are killed and the
    CSV is written, so a complete, valid submission exists before the limit.
@@ -74,6 +76,8 @@ class DeadlineGuard:
     fold_chunks: int = 0
     """Sum over finished files of chunks x folds used."""
     files_done: int = 0
+    min_folds: int = 1
+    """The fewest folds a file may run with (one per bundle member: no member is dropped whole)."""
     folds_now: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -104,12 +108,12 @@ class DeadlineGuard:
         """Folds for the next file to start: the most that keep the projection within the target.
 
         Until every worker has finished a file the estimate is too rough to act on, so all folds run.
-        Never fewer than 1: past that, the hard stop decides.
+        Never fewer than ``min_folds``: past that, the hard stop decides.
         """
         if self.files_done < self.workers:
             return self.folds_now
-        best = 1
-        for k in range(self.folds_now, 0, -1):
+        best = self.min_folds
+        for k in range(self.folds_now, self.min_folds - 1, -1):
             if self.projected_finish_s(elapsed_s, k) <= self.deadline.target_s:
                 best = k
                 break

@@ -7,14 +7,19 @@ that runs them: the shipped files are saved at the portable ``EXTENDED`` level (
 
 from __future__ import annotations
 
+import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from bird_infer.audio import WindowSpec
 from bird_infer.errors import BirdInferError
-from bird_infer.manifest import Manifest
+from bird_infer.frontend import LogMelFrontend
+from bird_infer.schema import FrontendConfig, Manifest, Member
 
 # The padded-cmAP metric appends rows of exactly 1.0: a prediction of 1.0 would tie with them.
 # 1 - 1e-6 survives a CSV written with 6 significant digits ("0.999999"), unlike float32's nextafter.
@@ -117,80 +122,152 @@ def clip_probabilities(probs: np.ndarray) -> np.ndarray:
     return np.clip(probs, 0.0, PROB_MAX)
 
 
-class FoldEnsemble:
-    """All folds of a manifest, ready to score log-mel batches."""
+def _check_settings(st: SessionSettings) -> None:
+    if st.backend == "onnxruntime" and st.precision != "fp32":
+        raise PrecisionRefusedError("ONNX Runtime runs the folds in fp32 only; bf16 needs --backend openvino")
 
-    def __init__(self, manifest: Manifest, settings: SessionSettings | None = None) -> None:
-        self.manifest = manifest
+
+class MemberModel:
+    """One member's folds, ready to score its inputs (log-mel batches, or waveform windows)."""
+
+    def __init__(self, member: Member, root: Path, settings: SessionSettings | None = None) -> None:
+        self.member = member
         self.settings = st = settings or SessionSettings()
-        if st.backend not in BACKENDS or st.precision not in PRECISIONS:
-            raise ValueError(f"backend must be one of {BACKENDS} and precision one of {PRECISIONS}")
-        if st.backend == "onnxruntime" and st.precision != "fp32":
-            raise PrecisionRefusedError("ONNX Runtime runs the folds in fp32 only; bf16 needs --backend openvino")
-        segment = manifest.ensemble.output == "segment_max"
-        self._outputs = [(f.segmentwise if segment else f.clipwise).name for f in manifest.folds]  # type: ignore[union-attr]
-        self._inputs = [f.input.name for f in manifest.folds]
+        _check_settings(st)
+        segment = member.ensemble.output == "segment_max"
+        self._outputs = [(f.segmentwise if segment else f.clipwise).name for f in member.folds]  # type: ignore[union-attr]
+        self._inputs = [f.input.name for f in member.folds]
+        paths = [str(root / f.file) for f in member.folds]
         if st.backend == "openvino":
             self.sessions = [
-                make_openvino_runner(str(manifest.fold_path(f)), st.intra_op_threads, st.precision, o)
-                for f, o in zip(manifest.folds, self._outputs, strict=True)
+                make_openvino_runner(p, st.intra_op_threads, st.precision, o)
+                for p, o in zip(paths, self._outputs, strict=True)
             ]
         else:
             self.sessions = [
-                _ort_runner(make_session(str(manifest.fold_path(f)), st.intra_op_threads), o)
-                for f, o in zip(manifest.folds, self._outputs, strict=True)
+                _ort_runner(make_session(p, st.intra_op_threads), o) for p, o in zip(paths, self._outputs, strict=True)
             ]
 
     @property
     def n_folds(self) -> int:
         return len(self.sessions)
 
-    def fold_outputs(self, feats: np.ndarray, n_folds: int | None = None) -> np.ndarray:
-        """feats (n_chunks, n_mels, frames) float32 -> per-fold probabilities (n_folds, n_chunks, n_labels).
-
-        ``n_folds`` uses only the first that many folds (the deadline guard drops folds from the end).
-        Non-finite outputs are returned as they are (see :meth:`predict_with_mask`).
-        """
-        k_used = self.n_folds if n_folds is None else n_folds
-        if not 1 <= k_used <= self.n_folds:
-            raise ValueError(f"n_folds must be between 1 and {self.n_folds}, got {n_folds}")
-        n = feats.shape[0]
+    def fold_outputs(self, x: np.ndarray, folds: Sequence[int] | None = None) -> np.ndarray:
+        """x (n, ...) float32 -> probabilities (len(folds), n, n_member_labels) of the folds listed (default all)."""
+        folds = range(self.n_folds) if folds is None else folds
+        n = x.shape[0]
         bs = self.settings.batch_size
-        out = np.empty((k_used, n, len(self.manifest.labels)), dtype=np.float32)
-        for k, (run, name_in) in enumerate(zip(self.sessions[:k_used], self._inputs, strict=False)):
+        out = np.empty((len(folds), n, len(self.member.labels)), dtype=np.float32)
+        for k, f in enumerate(folds):
+            run, name_in = self.sessions[f], self._inputs[f]
             for start in range(0, n, bs):
-                y = run(name_in, feats[start : start + bs])
+                y = run(name_in, x[start : start + bs])
                 if y.ndim == 3:  # segmentwise (batch, labels, segments): the max over time
                     y = y.max(axis=2)
                 out[k, start : start + bs] = y
         return out
 
-    def predict_with_mask(self, feats: np.ndarray, n_folds: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Combined, clipped probabilities (n_chunks, n_labels) float32 and the mask (n_folds_used, n_chunks)
-        of fold outputs left out because they held NaN or inf.
-
-        Each chunk combines the folds whose outputs are finite for it; a chunk with no finite fold is NaN.
-        """
-        outs = self.fold_outputs(feats, n_folds)
+    def predict_with_mask(self, x: np.ndarray, folds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Combined, clipped probabilities (n, n_member_labels) float32 over ``folds``, and the mask
+        (len(folds), n) of fold outputs left out for holding NaN or inf. A chunk with no finite fold is NaN."""
+        outs = self.fold_outputs(x, folds)
         bad = ~np.isfinite(outs).all(axis=2)
+        rule = self.member.ensemble.combine
         if not bad.any():
-            combined = combine_folds(outs, self.manifest.ensemble.combine)
-            return clip_probabilities(combined).astype(np.float32, copy=False), bad
+            return clip_probabilities(combine_folds(outs, rule)).astype(np.float32, copy=False), bad
         masked = np.where(bad[:, :, None], np.nan, outs)
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice" for chunks with no fold
-            combined = combine_folds(masked, self.manifest.ensemble.combine, skip_nan=True)
+            combined = combine_folds(masked, rule, skip_nan=True)
         return np.where(np.isnan(combined), np.nan, clip_probabilities(combined)).astype(np.float32), bad
 
-    def predict(self, feats: np.ndarray, n_folds: int | None = None) -> np.ndarray:
-        """feats (n_chunks, n_mels, frames) -> combined, clipped probabilities (n_chunks, n_labels) float32.
 
-        Folds with non-finite outputs are left out chunk by chunk; raises NonFiniteOutputError when a
-        chunk has no finite fold at all.
-        """
-        probs, bad = self.predict_with_mask(feats, n_folds)
+class BundleModel:
+    """Every member of a bundle: each distinct front-end once per block, each member's folds, then the
+    weighted mean over the members that have each label."""
+
+    def __init__(self, manifest: Manifest, settings: SessionSettings | None = None) -> None:
+        self.manifest = manifest
+        self.settings = settings or SessionSettings()
+        self.members = [MemberModel(m, manifest.root, self.settings) for m in manifest.members]
+        self.specs = [WindowSpec.of(m.audio) for m in manifest.members]
+        position = {label: j for j, label in enumerate(manifest.labels)}
+        self.label_index = [np.array([position[x] for x in m.labels]) for m in manifest.members]
+        self.frontends: dict[tuple[WindowSpec, FrontendConfig], LogMelFrontend] = {}
+        for spec, m in zip(self.specs, manifest.members, strict=True):
+            if m.frontend is not None and (spec, m.frontend) not in self.frontends:
+                self.frontends[(spec, m.frontend)] = LogMelFrontend(m.frontend, m.audio.sample_rate)
+        self.fold_order = manifest.fold_order()
+        self.last_frontend_s = 0.0
+        """Seconds the last :meth:`features` call spent in front-ends (for the stage timings)."""
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.fold_order)
+
+    def kept(self, n_folds: int | None) -> list[list[int]]:
+        """For each member, the fold indices kept when the bundle keeps its first ``n_folds`` (default all)."""
+        k = self.n_folds if n_folds is None else n_folds
+        if not len(self.members) <= k <= self.n_folds:
+            raise ValueError(f"n_folds must be between {len(self.members)} and {self.n_folds}, got {n_folds}")
+        keep: list[list[int]] = [[] for _ in self.members]
+        for i, f in self.fold_order[:k]:
+            keep[i].append(f)
+        return [sorted(f) for f in keep]
+
+    def features(self, windows: dict[WindowSpec, np.ndarray]) -> dict[tuple, np.ndarray]:
+        """Each distinct input once: the log-mel of each (window spec, front-end), and the raw windows.
+        Sets ``last_frontend_s``."""
+        t0 = time.perf_counter()
+        feats: dict[tuple, np.ndarray] = {(spec, None): w for spec, w in windows.items()}
+        for (spec, fe), frontend in self.frontends.items():
+            feats[(spec, fe)] = frontend(windows[spec])
+        self.last_frontend_s = time.perf_counter() - t0
+        return feats
+
+    def predict_windows(
+        self, windows: dict[WindowSpec, np.ndarray], n_folds: int | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One block of rows -> (probabilities (k, n_labels) float32, NaN where no member voted;
+        per member, the (folds kept, k) mask of fold outputs left out for NaN or inf)."""
+        feats = self.features(windows)
+        keep = self.kept(n_folds)
+        n = next(iter(windows.values())).shape[0]
+        acc = np.zeros((n, len(self.manifest.labels)), dtype=np.float64)
+        wsum = np.zeros_like(acc)
+        masks = []
+        for model, spec, idx, folds in zip(self.members, self.specs, self.label_index, keep, strict=True):
+            p, bad = model.predict_with_mask(feats[(spec, model.member.frontend)], folds)
+            masks.append(bad)
+            voted = ~np.isnan(p).any(axis=1)
+            w = model.member.weight
+            acc[np.ix_(voted, idx)] += w * p[voted].astype(np.float64)
+            wsum[np.ix_(voted, idx)] += w
+        with np.errstate(invalid="ignore", divide="ignore"):
+            probs = np.where(wsum > 0, acc / wsum, np.nan).astype(np.float32)
+        return probs, masks
+
+    def fold_names(self) -> list[list[str]]:
+        """Each member's fold names as reports show them (``member/fold`` when there are several members)."""
+        several = len(self.members) > 1
+        return [[f"{m.member.name}/{f.name}" if several else f.name for f in m.member.folds] for m in self.members]
+
+
+class FoldEnsemble(MemberModel):
+    """The folds of a one-member bundle, fed log-mel batches: ``predict(feats, n_folds)`` as before members."""
+
+    def __init__(self, manifest: Manifest, settings: SessionSettings | None = None) -> None:
+        self.manifest = manifest
+        super().__init__(manifest.single, manifest.root, settings)
+
+    def predict(self, feats: np.ndarray, n_folds: int | None = None) -> np.ndarray:
+        """feats (n_chunks, n_mels, frames) -> combined, clipped probabilities (n_chunks, n_labels) float32, the
+        first ``n_folds`` folds (default all). Folds with non-finite outputs are left out chunk by chunk;
+        raises NonFiniteOutputError when a chunk has no finite fold at all."""
+        folds = list(range(self.n_folds if n_folds is None else n_folds))
+        probs, bad = self.predict_with_mask(feats, folds)
         if bad.all(axis=0).any():
-            names = [self.manifest.folds[k].name for k in range(bad.shape[0]) if bad[k].any()]
+            names = [self.member.folds[k].name for k in folds if bad[k].any()]
             raise NonFiniteOutputError(f"fold(s) {names} produced NaN or inf, and no fold was finite")
         return probs
 
@@ -200,15 +277,22 @@ PRECISION_BOUND = 0.02
 
 
 def check_precision(
-    manifest: Manifest, settings: SessionSettings, feats: np.ndarray, bound: float = PRECISION_BOUND
+    manifest: Manifest,
+    settings: SessionSettings,
+    windows: dict[WindowSpec, np.ndarray],
+    bound: float = PRECISION_BOUND,
 ) -> float:
-    """The accuracy guard: max |p - p_fp32| of the ensemble with ``settings`` against ONNX Runtime fp32 on
-    ``feats`` (n_chunks, n_mels, frames) of real audio. Raises PrecisionRefusedError above ``bound``."""
-    reference = FoldEnsemble(manifest, SessionSettings(intra_op_threads=settings.intra_op_threads)).predict(feats)
-    delta = float(np.abs(FoldEnsemble(manifest, settings).predict(feats) - reference).max())
+    """The accuracy guard: max |p - p_fp32| of the whole bundle with ``settings`` against ONNX Runtime fp32 on
+    ``windows`` (one block of real audio). Raises PrecisionRefusedError above ``bound``."""
+    reference, _ = BundleModel(manifest, SessionSettings(intra_op_threads=settings.intra_op_threads)).predict_windows(
+        windows
+    )
+    probs, _ = BundleModel(manifest, settings).predict_windows(windows)
+    delta = float(np.nanmax(np.abs(probs - reference)))
+    n = next(iter(windows.values())).shape[0]
     if delta > bound:
         raise PrecisionRefusedError(
-            f"{settings.backend} {settings.precision} refused: max |p - p_fp32| = {delta:.4f} on {len(feats)} "
+            f"{settings.backend} {settings.precision} refused: max |p - p_fp32| = {delta:.4f} on {n} "
             f"chunks exceeds the bound {bound:g}"
         )
     return delta

@@ -17,6 +17,7 @@ Needs the ``[torch]`` extra. For each fold:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -33,19 +34,25 @@ from bird_infer.audio import find_audio_files, iter_chunk_blocks
 from bird_infer.ensemble import make_session
 from bird_infer.errors import AudioDecodeError, ExportError
 from bird_infer.frontend import LogMelFrontend
-from bird_infer.manifest import (
-    FoldSpec,
-    Manifest,
-    TensorSpec,
-    TrainingConfig,
-    sha256_file,
-    write_manifest,
-)
+from bird_infer.manifest import write_manifest
+from bird_infer.modelfiles import sha256_file
 from bird_infer.nn.sed import build_model
+from bird_infer.schema import (
+    AudioConfig,
+    EnsembleConfig,
+    FoldSpec,
+    FrontendConfig,
+    Manifest,
+    Member,
+    ModelConfig,
+    TensorSpec,
+)
+from bird_infer.training_config import TrainingConfig
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "logmel"
+WAVEFORM_NAME = "waveform"
 CLIPWISE_NAME = "clipwise"
 SEGMENTWISE_NAME = "segmentwise"
 OPSET = 17
@@ -72,8 +79,23 @@ class ExportResult:
     reports: tuple[FoldReport, ...]
 
 
-def load_fold_checkpoint(path: str | Path, config: TrainingConfig) -> nn.Module:
-    """Build the config's model and load a checkpoint into it.
+def model_factory(spec: str):
+    """``package.module:function`` -> the function, which takes the training config and returns an
+    ``nn.Module`` (for models that are not bird_infer's SED class)."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ExportError(f"--model-factory {spec!r}: cannot import it ({e}); give package.module:function") from e
+    if not callable(fn):
+        raise ExportError(f"--model-factory {spec!r} is not callable")
+    return fn
+
+
+def load_fold_checkpoint(path: str | Path, config: TrainingConfig, factory=None) -> nn.Module:
+    """Build the config's model (or ``factory(config)``, any ``nn.Module``) and load a checkpoint into it.
 
     Accepts a bare state_dict or a dict holding one under ``state_dict``, ``model_state_dict`` or
     ``model``; a ``module.`` prefix (DataParallel/DDP) is removed.
@@ -88,7 +110,10 @@ def load_fold_checkpoint(path: str | Path, config: TrainingConfig) -> nn.Module:
             state = obj[key]
             break
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    model = build_model(config.model, n_mels=config.frontend.n_mels, n_labels=len(config.labels))
+    if factory is not None:
+        model = factory(config)
+    else:
+        model = build_model(config.model, n_mels=config.frontend.n_mels, n_labels=len(config.labels))
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ExportError(
@@ -133,17 +158,30 @@ def synthetic_check_chunks(config: TrainingConfig, n: int = 8, seed: int = 0) ->
     return np.asarray(out, dtype=np.float32)
 
 
-def _export_raw(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    axes = {INPUT_NAME: {0: "batch"}, CLIPWISE_NAME: {0: "batch"}, SEGMENTWISE_NAME: {0: "batch"}}
+def _export_raw(model: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_names: list[str]) -> None:
+    axes = {name: {0: "batch"} for name in [input_name, *output_names]}
     torch.onnx.export(
         model,
         (example,),
         str(path),
-        input_names=[INPUT_NAME],
-        output_names=[CLIPWISE_NAME, SEGMENTWISE_NAME],
+        input_names=[input_name],
+        output_names=output_names,
         dynamic_axes=axes,
         opset_version=OPSET,
         dynamo=False,
+    )
+
+
+def torch_outputs(model: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """(clip-wise, segment-wise or None) of any model: one tensor, or a tuple whose first is clip-wise."""
+    out = model(x)
+    if isinstance(out, torch.Tensor):
+        return out.numpy(), None
+    if isinstance(out, (tuple, list)) and out and all(isinstance(o, torch.Tensor) for o in out):
+        return out[0].numpy(), (out[1].numpy() if len(out) > 1 else None)
+    raise ExportError(
+        f"the model returned {type(out).__name__}; return clip-wise probabilities, or a tuple "
+        "(clip-wise (batch, labels), segment-wise (batch, labels, segments))"
     )
 
 
@@ -171,6 +209,130 @@ def non_portable_nodes(path: str | Path) -> list[str]:
 
 
 @torch.no_grad()
+def export_member(
+    models: Sequence[nn.Module],
+    labels: Sequence[str],
+    audio: AudioConfig,
+    frontend: FrontendConfig | None,
+    out_dir: str | Path,
+    check_waves: np.ndarray,
+    fold_names: Sequence[str] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    name: str = "default",
+    weight: float = 1.0,
+    ensemble: EnsembleConfig | None = None,
+    model_config: ModelConfig | None = None,
+    description: str = "",
+    add_to: bool = False,
+    row_s: float = 5.0,
+) -> ExportResult:
+    """Export ``models`` (one per fold, any ``nn.Module``) as one bundle member into ``out_dir``.
+
+    A model takes the log-mel ``frontend`` computes (batch, n_mels, frames), or, with ``frontend=None``, the
+    waveform window (batch, samples) and computes its features inside the graph. It returns clip-wise
+    probabilities (batch, n_labels), or a tuple (clip-wise, segment-wise (batch, n_labels, segments)).
+    ``check_waves`` (n, window samples at ``audio.sample_rate``) float32: real audio that every saved model
+    must reproduce to within ``tolerance`` on its clip-wise output. With ``add_to`` the member joins the
+    bundle already in ``out_dir`` (its labels are added to the bundle's); otherwise a new bundle is written.
+    """
+    from bird_infer.manifest import check_labels, load_manifest
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = check_labels(list(labels), "member labels")
+    existing = load_manifest(out_dir) if add_to else None
+    if existing is not None and any(m.name == name for m in existing.members):
+        raise ExportError(f"{out_dir} already has a member named {name!r}; choose another --member-name")
+    default_names = [f"fold{i}" if existing is None else f"{name}_fold{i}" for i in range(len(models))]
+    names = list(fold_names or default_names)
+    if len(names) != len(models):
+        raise ExportError(f"{len(models)} models but {len(names)} fold names")
+    taken = {f.file for m in existing.members for f in m.folds} if existing else set()
+    clash = [n for n in names if f"{n}.onnx" in taken]
+    if clash:
+        raise ExportError(f"fold files {clash} already belong to the bundle in {out_dir}; give other --fold-names")
+    if check_waves.shape[1] != audio.chunk_samples:
+        raise ExportError(
+            f"check audio has windows of {check_waves.shape[1]} samples; the member needs "
+            f"{audio.chunk_samples} ({audio.clip_s:g} s at {audio.sample_rate} Hz)"
+        )
+    x = check_waves if frontend is None else LogMelFrontend(frontend, audio.sample_rate)(check_waves)
+    x_t = torch.from_numpy(x)
+    input_name = WAVEFORM_NAME if frontend is None else INPUT_NAME
+    folds: list[FoldSpec] = []
+    reports: list[FoldReport] = []
+    for fold_name, model in zip(names, models, strict=True):
+        model = model.eval()
+        clip_torch, seg_torch = torch_outputs(model, x_t)
+        if clip_torch.ndim != 2 or clip_torch.shape[1] != len(labels):
+            raise ExportError(
+                f"{fold_name}: clip-wise output has shape {list(clip_torch.shape)}; expected "
+                f"(batch, {len(labels)}) for the {len(labels)} labels"
+            )
+        outputs = [CLIPWISE_NAME] + ([SEGMENTWISE_NAME] if seg_torch is not None else [])
+        out_path = out_dir / f"{fold_name}.onnx"
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "raw.onnx"
+            _export_raw(model, x_t[:2], raw, input_name, outputs)
+            optimize_portable(raw, out_path)
+        sess = make_session(str(out_path))
+        clip_onnx = np.concatenate(
+            [sess.run([CLIPWISE_NAME], {input_name: x[i : i + 4]})[0] for i in range(0, len(x), 4)]
+        )
+        diff = float(np.abs(clip_onnx - clip_torch).max())
+        spread = float((clip_torch.max(axis=0) - clip_torch.min(axis=0)).max())
+        log.info(
+            "%s: max |clipwise onnx - torch| = %.3g over %d chunks; output spread %.3g", fold_name, diff, len(x), spread
+        )
+        if not diff <= tolerance:  # also refuses NaN
+            out_path.unlink(missing_ok=True)
+            raise ExportError(
+                f"{fold_name}: ONNX clip-wise output differs from torch by {diff:.3g} > tolerance {tolerance:g}; "
+                "not written"
+            )
+        if spread < 100 * tolerance:
+            log.warning(
+                "%s: outputs vary by only %.3g across the check audio: the parity check proves little. "
+                "Are the weights trained (or BatchNorm statistics estimated)?",
+                fold_name,
+                spread,
+            )
+        n_labels = len(labels)
+        in_shape = ("batch", *x.shape[1:])
+        folds.append(
+            FoldSpec(
+                name=fold_name,
+                file=out_path.name,
+                sha256=sha256_file(out_path),
+                input=TensorSpec(input_name, in_shape),
+                clipwise=TensorSpec(CLIPWISE_NAME, ("batch", n_labels)),
+                segmentwise=None
+                if seg_torch is None
+                else TensorSpec(SEGMENTWISE_NAME, ("batch", n_labels, seg_torch.shape[2])),
+            )
+        )
+        reports.append(FoldReport(fold_name, diff, spread))
+    member = Member(
+        name=name,
+        labels=labels,
+        audio=audio,
+        frontend=frontend,
+        folds=tuple(folds),
+        ensemble=ensemble or EnsembleConfig(),
+        model=model_config or ModelConfig(),
+        weight=weight,
+    )
+    if existing is not None:
+        bundle_labels = existing.labels + tuple(x for x in labels if x not in existing.labels)
+        manifest = dataclasses.replace(existing, labels=bundle_labels, members=(*existing.members, member))
+    else:
+        manifest = Manifest(
+            labels=labels, members=(member,), row_s=row_s, description=description, root=out_dir.resolve()
+        )
+    write_manifest(manifest, out_dir)
+    return ExportResult(manifest=load_manifest(out_dir), reports=tuple(reports))
+
+
 def export_folds(
     models: Sequence[nn.Module],
     config: TrainingConfig,
@@ -178,72 +340,27 @@ def export_folds(
     check_waves: np.ndarray,
     fold_names: Sequence[str] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    name: str = "default",
+    weight: float = 1.0,
+    add_to: bool = False,
 ) -> ExportResult:
-    """Export ``models`` (one per fold) into ``out_dir`` and write its manifest.
-
-    ``check_waves`` (n, chunk_samples) float32: real audio chunks that every saved model must
-    reproduce to within ``tolerance`` on its clip-wise output. The log-mel fed to both sides comes
-    from the numpy front-end, exactly as inference computes it.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = list(fold_names or [f"fold{i}" for i in range(len(models))])
-    if len(names) != len(models):
-        raise ExportError(f"{len(models)} models but {len(names)} fold names")
-    feats = LogMelFrontend(config.frontend, config.audio.sample_rate)(check_waves)
-    feats_t = torch.from_numpy(feats)
-    folds: list[FoldSpec] = []
-    reports: list[FoldReport] = []
-    for name, model in zip(names, models, strict=True):
-        model = model.eval()
-        clip_torch, seg_torch = (t.numpy() for t in model(feats_t))
-        out_path = out_dir / f"{name}.onnx"
-        with tempfile.TemporaryDirectory() as tmp:
-            raw = Path(tmp) / "raw.onnx"
-            _export_raw(model, feats_t[:2], raw)
-            optimize_portable(raw, out_path)
-        sess = make_session(str(out_path))
-        clip_onnx = np.concatenate(
-            [sess.run([CLIPWISE_NAME], {INPUT_NAME: feats[i : i + 4]})[0] for i in range(0, len(feats), 4)]
-        )
-        diff = float(np.abs(clip_onnx - clip_torch).max())
-        spread = float((clip_torch.max(axis=0) - clip_torch.min(axis=0)).max())
-        log.info(
-            "%s: max |clipwise onnx - torch| = %.3g over %d chunks; output spread %.3g", name, diff, len(feats), spread
-        )
-        if not diff <= tolerance:  # also refuses NaN
-            out_path.unlink(missing_ok=True)
-            raise ExportError(
-                f"{name}: ONNX clip-wise output differs from torch by {diff:.3g} > tolerance {tolerance:g}; not written"
-            )
-        if spread < 100 * tolerance:
-            log.warning(
-                "%s: outputs vary by only %.3g across the check audio: the parity check proves little. "
-                "Are the weights trained (or BatchNorm statistics estimated)?",
-                name,
-                spread,
-            )
-        n_labels = len(config.labels)
-        folds.append(
-            FoldSpec(
-                name=name,
-                file=out_path.name,
-                sha256=sha256_file(out_path),
-                input=TensorSpec(INPUT_NAME, ("batch", config.frontend.n_mels, feats.shape[2])),
-                clipwise=TensorSpec(CLIPWISE_NAME, ("batch", n_labels)),
-                segmentwise=TensorSpec(SEGMENTWISE_NAME, ("batch", n_labels, seg_torch.shape[2])),
-            )
-        )
-        reports.append(FoldReport(name, diff, spread))
-    manifest = Manifest(
-        labels=tuple(config.labels),
-        audio=config.audio,
-        frontend=config.frontend,
-        folds=tuple(folds),
+    """Export SED folds trained with ``config`` (its labels, audio, log-mel front-end, model and ensemble rule)
+    as one member: a new bundle in ``out_dir``, or (``add_to``) a new member of the bundle there. See
+    :func:`export_member`."""
+    return export_member(
+        models,
+        config.labels,
+        config.audio,
+        config.frontend,
+        out_dir,
+        check_waves,
+        fold_names,
+        tolerance,
+        name=name,
+        weight=weight,
         ensemble=config.ensemble,
-        model=config.model,
+        model_config=config.model,
         description=config.description,
-        root=out_dir.resolve(),
+        add_to=add_to,
+        row_s=5.0 if add_to else min(5.0, config.audio.clip_s),
     )
-    write_manifest(manifest, out_dir)
-    return ExportResult(manifest=manifest, reports=tuple(reports))

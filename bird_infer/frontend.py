@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
-from bird_infer.manifest import FrontendConfig
+from bird_infer.schema import FrontendConfig
 
 # Slaney's mel scale: linear below 1 kHz, logarithmic above (librosa's default, htk=False).
 _SLANEY_F_SP = 200.0 / 3  # Hz per mel in the linear part

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bird_infer.audio import audio_info, claimed_chunks, entry_problem, find_audio_entries, iter_chunk_blocks
+from bird_infer.audio import RowReader, WindowSpec, audio_info, claimed_chunks, entry_problem, find_audio_entries
 from bird_infer.deadline import Deadline, DeadlineGuard
 from bird_infer.ensemble import PrecisionRefusedError, check_precision
 from bird_infer.errors import AudioDecodeError
-from bird_infer.frontend import LogMelFrontend
 from bird_infer.machine import cpu_info
 from bird_infer.manifest import Manifest, load_manifest
 from bird_infer.pipeline import FileFailure, FileResult, RunOptions, StageTimes, resolve_workers
@@ -74,7 +73,7 @@ def header_chunks(paths: list[Path], manifest: Manifest) -> list[int | None]:
         except AudioDecodeError:
             counts.append(None)
             continue
-        counts.append(None if info.frames is None else claimed_chunks(info, manifest.audio.clip_s))
+        counts.append(None if info.frames is None else claimed_chunks(info, manifest.row_s))
     return counts
 
 
@@ -120,7 +119,7 @@ def run_predict(
     problems = {p: entry_problem(p) for p in entries}
     paths = [p for p in entries if problems[p] is None]
     rows = fallback_rows(header_chunks(entries, manifest))
-    check_output(out, estimate_csv_bytes(prefixes, rows, len(manifest.labels), manifest.audio.clip_s))
+    check_output(out, estimate_csv_bytes(prefixes, rows, len(manifest.labels), manifest.row_s))
     if not entries:
         log.warning("no audio files under %s: writing a submission with a header only", audio)
     options, precision = guard_precision(manifest, options, paths)
@@ -128,13 +127,20 @@ def run_predict(
     workers = 1 if options.in_process else resolve_workers(options.workers, max(1, len(paths)))
     guard = None
     if time_limit_s:
-        guard = DeadlineGuard(Deadline(time_limit_s), len(manifest.folds), sum(rows), workers, started=started)
+        guard = DeadlineGuard(
+            Deadline(time_limit_s),
+            manifest.n_folds,
+            sum(rows),
+            workers,
+            started=started,
+            min_folds=len(manifest.members),
+        )
     log.info(cpu_info().line())
     log.info(
         "%d files, %d chunks expected, %d folds, %d workers x %d threads",
         len(entries),
         progress.total_chunks,
-        len(manifest.folds),
+        manifest.n_folds,
         workers,
         options.session.intra_op_threads,
     )
@@ -158,8 +164,8 @@ def run_predict(
     by_path = {**skipped, **dict(zip(paths, done_outcomes, strict=True))}
     outcomes = [by_path[p] for p in entries]
     t_write = time.perf_counter()
-    probs, report_entries = settle(outcomes, prefixes, rows, len(manifest.labels), len(manifest.folds))
-    df = build_submission(prefixes, probs, manifest.labels, manifest.audio.clip_s, sample_cols)
+    probs, report_entries = settle(outcomes, prefixes, rows, len(manifest.labels), manifest.n_folds)
+    df = build_submission(prefixes, probs, manifest.labels, manifest.row_s, sample_cols)
     out_path, rep, write_error = write_outputs(df, report_entries, Path(out))
     write_s = time.perf_counter() - t_write
     wall = time.perf_counter() - started
@@ -202,18 +208,19 @@ def guard_precision(manifest: Manifest, options: RunOptions, paths: list[Path]) 
     if st.backend == "onnxruntime" and st.precision == "fp32":
         return options, "onnxruntime fp32"
     fallback = dataclasses.replace(options, session=dataclasses.replace(st, backend="onnxruntime", precision="fp32"))
-    frontend = LogMelFrontend(manifest.frontend, manifest.audio.sample_rate)
+    specs = [WindowSpec.of(m.audio) for m in manifest.members]
     for p in paths:
         try:
-            block = next(iter_chunk_blocks(p, manifest.audio, GUARD_CHUNKS))
+            _first, windows = next(iter(RowReader(p, specs, manifest.row_s, GUARD_CHUNKS)))
         except (AudioDecodeError, StopIteration):
             continue
+        n = next(iter(windows.values())).shape[0]
         try:
-            delta = check_precision(manifest, st, frontend(block), options.precision_bound)
+            delta = check_precision(manifest, st, windows, options.precision_bound)
         except PrecisionRefusedError as e:
             log.warning("%s; running in onnxruntime fp32", e)
             return fallback, f"onnxruntime fp32 ({e})"
-        note = f"{st.backend} {st.precision} (max |p - p_fp32| = {delta:.4f} on {len(block)} chunks of {p.name})"
+        note = f"{st.backend} {st.precision} (max |p - p_fp32| = {delta:.4f} on {n} chunks of {p.name})"
         log.info("accuracy guard: %s", note)
         return options, note
     return fallback, f"onnxruntime fp32 ({st.backend} {st.precision} not checked: no readable audio)"

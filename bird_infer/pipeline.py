@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bird_infer.audio import ChunkReader
-from bird_infer.ensemble import PRECISION_BOUND, FoldEnsemble, NonFiniteOutputError, SessionSettings
-from bird_infer.frontend import LogMelFrontend
-from bird_infer.manifest import Manifest
+from bird_infer.audio import RowReader
+from bird_infer.ensemble import PRECISION_BOUND, BundleModel, NonFiniteOutputError, SessionSettings
+from bird_infer.postprocess import postprocess
 from bird_infer.report import FALLBACK_PROB
+from bird_infer.schema import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -168,49 +168,57 @@ def limit_native_threads(threads: int) -> None:
 
 
 class FilePredictor:
-    """Front-end + fold ensemble for one process."""
+    """Every member of a bundle, for one process: a file in, its rows out."""
 
     def __init__(self, manifest: Manifest, options: RunOptions) -> None:
         self.manifest = manifest
         self.options = options
-        self.frontend = LogMelFrontend(manifest.frontend, manifest.audio.sample_rate)
-        self.ensemble = FoldEnsemble(manifest, options.session)
+        self.ensemble = BundleModel(manifest, options.session)
 
     def predict_file(self, path: Path, n_folds: int | None = None) -> FileResult:
-        """The file's rows: the decodable chunks through the front-end (once) and the first ``n_folds`` folds
-        (default all); the rest of the length its header claims holds :data:`FALLBACK_PROB`.
+        """The file's rows: decoded once, each distinct front-end once per block, the bundle's first ``n_folds``
+        folds in keeping order (default all), the members' weighted mean, then the manifest's post-processing.
+        The rest of the length the header claims holds :data:`FALLBACK_PROB`.
 
         Raises AudioDecodeError when nothing decodes, NonFiniteOutputError when no fold is finite for any
         chunk, or whatever ONNX Runtime raises.
         """
-        k = self.ensemble.n_folds if n_folds is None else n_folds
+        model_ = self.ensemble
+        k = model_.n_folds if n_folds is None else n_folds
+        kept = model_.kept(k)
         decode = frontend = model = 0.0
         parts: list[np.ndarray] = []
-        bad_chunks = np.zeros(k, dtype=np.int64)
-        reader = ChunkReader(path, self.manifest.audio, self.options.block_chunks)
+        bad_chunks = [np.zeros(len(f), dtype=np.int64) for f in kept]
+        reader = RowReader(path, model_.specs, self.manifest.row_s, self.options.block_chunks)
         t0 = time.perf_counter()
-        for block in reader:
+        for _first, windows in reader:
             t1 = time.perf_counter()
-            feats = self.frontend(block)
-            t2 = time.perf_counter()
-            probs, bad = self.ensemble.predict_with_mask(feats, k)
+            probs, masks = model_.predict_windows(windows, k)
             parts.append(probs)
-            bad_chunks += bad.sum(axis=1)
-            t3 = time.perf_counter()
+            for counts, bad in zip(bad_chunks, masks, strict=True):
+                counts += bad.sum(axis=1)
+            t2 = time.perf_counter()
             decode += t1 - t0
-            frontend += t2 - t1
-            model += t3 - t2
+            frontend += model_.last_frontend_s
+            model += t2 - t1 - model_.last_frontend_s
             t0 = time.perf_counter()
         probs = np.concatenate(parts, axis=0)
+        names = model_.fold_names()
+        excluded = tuple(
+            (names[i][f], int(c))
+            for i, folds in enumerate(kept)
+            for f, c in zip(folds, bad_chunks[i], strict=True)
+            if c
+        )
         unpredicted = np.isnan(probs).any(axis=1)
         if unpredicted.all():
-            names = [self.manifest.folds[i].name for i in range(k) if bad_chunks[i]]
-            raise NonFiniteOutputError(f"fold(s) {names} produced NaN or inf on every chunk")
+            raise NonFiniteOutputError(f"fold(s) {[n for n, _ in excluded]} produced NaN or inf on every chunk")
         probs[unpredicted] = FALLBACK_PROB
+        if self.manifest.postprocess.active:
+            probs = postprocess(probs, ~unpredicted, self.manifest.postprocess)
         missing = reader.rows - len(probs)
         if missing > 0:
             probs = np.concatenate([probs, np.full((missing, probs.shape[1]), FALLBACK_PROB, np.float32)])
-        excluded = tuple((self.manifest.folds[i].name, int(c)) for i, c in enumerate(bad_chunks) if c)
         notes = [n for n in (reader.note, reader.error) if n]
         if missing > 0:
             notes.append(f"{missing} of {reader.rows} rows hold the fallback")

@@ -26,8 +26,8 @@ import pandas as pd
 
 from bird_infer.errors import ModelCheckError, OutputError
 from bird_infer.frontend import LogMelFrontend
-from bird_infer.manifest import Manifest
 from bird_infer.report import ReportEntry, report_path, write_report
+from bird_infer.schema import Manifest, Member
 from bird_infer.submission import write_submission
 
 log = logging.getLogger(__name__)
@@ -36,54 +36,60 @@ CELL_BYTES = 12
 """Upper bound of one probability cell in the CSV: ``%.6g`` gives at most 12 characters, with the comma."""
 
 
-def check_input(manifest: Manifest) -> np.ndarray:
-    """A fixed check input (1, n_mels, frames) float32: the front-end of quiet noise with a tone."""
-    n, sr = manifest.audio.chunk_samples, manifest.audio.sample_rate
+def check_input(member: Member) -> np.ndarray:
+    """A fixed check input for ``member``, batch of one: the log-mel of quiet noise with a tone, or the
+    waveform window itself for a member that takes the waveform."""
+    n, sr = member.audio.chunk_samples, member.audio.sample_rate
     t = np.arange(n) / sr
     wave = 0.1 * np.sin(2 * np.pi * min(2000.0, sr / 4) * t) + 0.01 * np.random.default_rng(0).standard_normal(n)
-    return LogMelFrontend(manifest.frontend, sr)(wave[None].astype(np.float32))
+    wave = wave[None].astype(np.float32)
+    return wave if member.frontend is None else LogMelFrontend(member.frontend, sr)(wave)
 
 
 def check_models(manifest: Manifest) -> None:
-    """Load every fold with ONNX Runtime and run it once; raise ModelCheckError naming the fold when it
-    cannot be loaded or run, or computes shapes other than the manifest declares. A fold whose output
-    is not finite is only warned about: at run time such outputs are left out chunk by chunk."""
+    """Load every fold of every member with ONNX Runtime and run it once; raise ModelCheckError naming the
+    fold when it cannot be loaded or run, or computes shapes other than the manifest declares. A fold whose
+    output is not finite is only warned about: at run time such outputs are left out chunk by chunk."""
     from bird_infer.ensemble import make_session
 
-    x = check_input(manifest)
-    n_labels = len(manifest.labels)
-    for fold in manifest.folds:
-        path = manifest.fold_path(fold)
-        try:
-            session = make_session(str(path))
-        except Exception as e:  # ORT raises its own classes (Fail, InvalidGraph, ...): any is a dead fold
-            raise ModelCheckError(
-                f"fold {fold.name}: ONNX Runtime cannot load {path.name} ({type(e).__name__}: "
-                f"{' '.join(str(e).split())[:300]}); re-export it with `bird-infer export`"
-            ) from e
-        wanted = [fold.clipwise] + ([fold.segmentwise] if fold.segmentwise else [])
-        try:
-            outs = session.run([w.name for w in wanted], {fold.input.name: x})
-        except Exception as e:
-            raise ModelCheckError(
-                f"fold {fold.name}: {path.name} fails on a check input of shape {list(x.shape)} "
-                f"({type(e).__name__}: {' '.join(str(e).split())[:300]})"
-            ) from e
-        for spec, y in zip(wanted, outs, strict=True):
-            expect = (1, n_labels) if spec is fold.clipwise else (1, n_labels, y.shape[-1] if y.ndim == 3 else -1)
-            if tuple(y.shape) != expect:
+    for member in manifest.members:
+        x = check_input(member)
+        n_labels = len(member.labels)
+        prefix = f"member {member.name}, " if len(manifest.members) > 1 else ""
+        for fold in member.folds:
+            path = manifest.fold_path(fold)
+            try:
+                session = make_session(str(path))
+            except Exception as e:  # ORT raises its own classes (Fail, InvalidGraph, ...): any is a dead fold
                 raise ModelCheckError(
-                    f"fold {fold.name}: output {spec.name!r} has shape {list(y.shape)} on one chunk, but the "
-                    f"manifest declares {list(spec.shape)} with {n_labels} labels; the file does not compute "
-                    "what the manifest says. Re-export the fold, or give the labels it was trained with"
-                )
-            if not np.isfinite(y).all():
-                log.warning(
-                    "fold %s: output %r is NaN or inf on the check input; such outputs are left out",
-                    fold.name,
-                    spec.name,
-                )
-        del session
+                    f"{prefix}fold {fold.name}: ONNX Runtime cannot load {path.name} ({type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:300]}); re-export it with `bird-infer export`"
+                ) from e
+            wanted = [fold.clipwise] + ([fold.segmentwise] if fold.segmentwise else [])
+            try:
+                outs = session.run([w.name for w in wanted], {fold.input.name: x})
+            except Exception as e:
+                raise ModelCheckError(
+                    f"{prefix}fold {fold.name}: {path.name} fails on a check input of shape {list(x.shape)} "
+                    f"({type(e).__name__}: {' '.join(str(e).split())[:300]})"
+                ) from e
+            for spec, y in zip(wanted, outs, strict=True):
+                segments = y.shape[-1] if y.ndim == 3 else -1
+                expect = (1, n_labels) if spec is fold.clipwise else (1, n_labels, segments)
+                if tuple(y.shape) != expect:
+                    raise ModelCheckError(
+                        f"{prefix}fold {fold.name}: output {spec.name!r} has shape {list(y.shape)} on one chunk, "
+                        f"but the manifest declares {list(spec.shape)} with {n_labels} labels; the file does not "
+                        "compute what the manifest says. Re-export the fold, or give the labels it was trained with"
+                    )
+                if not np.isfinite(y).all():
+                    log.warning(
+                        "%sfold %s: output %r is NaN or inf on the check input; such outputs are left out",
+                        prefix,
+                        fold.name,
+                        spec.name,
+                    )
+            del session
 
 
 def estimate_csv_bytes(prefixes: list[str], rows: list[int], n_labels: int, clip_s: float) -> int:

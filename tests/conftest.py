@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bird_infer.manifest import TrainingConfig, load_training_config
+from bird_infer.training_config import TrainingConfig, load_training_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_AUDIO = ROOT.parent / "shared" / "data" / "audio"
@@ -114,6 +114,17 @@ def predict_cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subproces
     return subprocess.run(
         [sys.executable, "-m", "bird_infer", "predict", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
     )
+
+
+def member0(data: dict) -> dict:
+    """The first member's section of a manifest dict (schema 2), or the dict itself (schema 1)."""
+    return data["members"][0] if "members" in data else data
+
+
+def set_labels(data: dict, labels: list) -> None:
+    """Set a one-member manifest dict's labels, the bundle's and the member's alike."""
+    data["labels"] = list(labels)
+    member0(data)["labels"] = list(labels)
 
 
 def write_json(path: Path, data: dict) -> Path:

@@ -53,14 +53,15 @@ class FaultyPredictor(FilePredictor):
         if name.startswith("raise_always") or (name.startswith("raise_once") and first):
             raise RuntimeError(f"injected fault in {name}")
         if name.startswith("nan"):
-            real = list(self.ensemble.sessions)
+            sessions = self.ensemble.members[-1].sessions
+            real = list(sessions)
             bad = range(len(real)) if name.startswith("nan_all") else [len(real) - 1]
             for k in bad:
-                self.ensemble.sessions[k] = NanSession(real[k])
+                sessions[k] = NanSession(real[k])
             try:
                 return super().predict_file(path, n_folds)
             finally:
-                self.ensemble.sessions[:] = real
+                sessions[:] = real
         return super().predict_file(path, n_folds)
 
 

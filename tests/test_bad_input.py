@@ -23,7 +23,7 @@ from bird_infer.cli import main as cli_main
 from bird_infer.job import run_predict
 from bird_infer.pipeline import RunOptions
 from bird_infer.report import FALLBACK_PROB, report_path
-from tests.conftest import ROOT, predict_cli
+from tests.conftest import ROOT, member0, predict_cli, set_labels
 
 SR = 32000
 
@@ -349,12 +349,12 @@ def test_model_problems_fail_before_any_audio_is_read(tmp_path, tiny_bundle) -> 
         shutil.copytree(manifest.root, bundle)
         data = json.loads((bundle / "manifest.json").read_text())
         if case == "missing_fold":
-            (bundle / data["folds"][1]["file"]).unlink()
+            (bundle / member0(data)["folds"][1]["file"]).unlink()
         elif case == "checksum":
-            with open(bundle / data["folds"][0]["file"], "ab") as f:
+            with open(bundle / member0(data)["folds"][0]["file"], "ab") as f:
                 f.write(b"\0")
         else:
-            data["labels"] = data["labels"][:-1]
+            set_labels(data, data["labels"][:-1])
             (bundle / "manifest.json").write_text(json.dumps(data))
         cases[case] = bundle
     expect = {"missing_fold": "missing", "checksum": "sha256", "width": "labels"}

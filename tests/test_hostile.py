@@ -24,12 +24,13 @@ import soundfile as sf
 
 from bird_infer.errors import InvalidFieldError, ModelCheckError, OutputError, SubmissionFormatError
 from bird_infer.job import run_predict
-from bird_infer.manifest import MANIFEST_NAME, load_manifest, sha256_file, training_config_from_dict
+from bird_infer.manifest import MANIFEST_NAME, load_manifest, sha256_file
 from bird_infer.pipeline import FileFailure, FileResult, RunOptions
 from bird_infer.report import report_path
 from bird_infer.scheduler import WORKER_HUNG, predict_files
 from bird_infer.submission import read_sample_columns, write_csv_atomic
-from tests.conftest import ROOT, predict_cli
+from bird_infer.training_config import training_config_from_dict
+from tests.conftest import ROOT, member0, predict_cli, set_labels
 from tests.faults import FaultyPredictor
 
 SR = 32000
@@ -97,11 +98,11 @@ def rewrite_fold(bundle: Path, change) -> None:
     import onnx
 
     data = json.loads((bundle / MANIFEST_NAME).read_text())
-    path = bundle / data["folds"][0]["file"]
+    path = bundle / member0(data)["folds"][0]["file"]
     model = onnx.load(str(path))
     change(model)
     onnx.save(model, str(path))
-    data["folds"][0]["sha256"] = sha256_file(path)
+    member0(data)["folds"][0]["sha256"] = sha256_file(path)
     (bundle / MANIFEST_NAME).write_text(json.dumps(data))
 
 
@@ -216,7 +217,7 @@ def test_a_label_named_row_id_is_refused(tmp_path, tiny_bundle) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(manifest.root, bundle)
     data = json.loads((bundle / MANIFEST_NAME).read_text())
-    data["labels"][3] = "row_id"
+    set_labels(data, [*data["labels"][:3], "row_id", *data["labels"][4:]])
     (bundle / MANIFEST_NAME).write_text(json.dumps(data))
     with pytest.raises(InvalidFieldError, match="row_id"):
         load_manifest(bundle)
@@ -271,16 +272,19 @@ def test_sample_submission_folder_and_numeric_labels(tmp_path) -> None:
 
 
 MANIFEST_BREAKS = {
-    "infinite n_fft": (lambda d: d["frontend"].update(n_fft=float("inf")), "frontend.n_fft"),
-    "infinite sample_rate": (lambda d: d["audio"].update(sample_rate=float("inf")), "audio.sample_rate"),
-    "string n_mels": (lambda d: d["frontend"].update(n_mels="256"), "frontend.n_mels"),
-    "null fmin": (lambda d: d["frontend"].update(fmin=None), "frontend.fmin"),
-    "string fmin": (lambda d: d["frontend"].update(fmin="20"), "frontend.fmin"),
-    "nan top_db": (lambda d: d["frontend"].update(top_db=float("nan")), "frontend.top_db"),
-    "empty input shape": (lambda d: d["folds"][0]["input"].update(shape=[]), r"folds\[0\].input.shape"),
-    "empty clipwise shape": (lambda d: d["folds"][0]["clipwise"].update(shape=[]), r"folds\[0\].clipwise.shape"),
-    "numeric label": (lambda d: d["labels"].__setitem__(0, 1139490), "string"),
-    "empty label": (lambda d: d["labels"].__setitem__(0, ""), "non-empty"),
+    "infinite n_fft": (lambda d: member0(d)["frontend"].update(n_fft=float("inf")), "frontend.n_fft"),
+    "infinite sample_rate": (lambda d: member0(d)["audio"].update(sample_rate=float("inf")), "audio.sample_rate"),
+    "string n_mels": (lambda d: member0(d)["frontend"].update(n_mels="256"), "frontend.n_mels"),
+    "null fmin": (lambda d: member0(d)["frontend"].update(fmin=None), "frontend.fmin"),
+    "string fmin": (lambda d: member0(d)["frontend"].update(fmin="20"), "frontend.fmin"),
+    "nan top_db": (lambda d: member0(d)["frontend"].update(top_db=float("nan")), "frontend.top_db"),
+    "empty input shape": (lambda d: member0(d)["folds"][0]["input"].update(shape=[]), r"folds\[0\].input.shape"),
+    "empty clipwise shape": (
+        lambda d: member0(d)["folds"][0]["clipwise"].update(shape=[]),
+        r"folds\[0\].clipwise.shape",
+    ),
+    "numeric label": (lambda d: set_labels(d, [1139490, *d["labels"][1:]]), "string"),
+    "empty label": (lambda d: set_labels(d, ["", *d["labels"][1:]]), "non-empty"),
 }
 
 
@@ -311,7 +315,7 @@ def test_missing_field_hints_need_no_source_code(tmp_path, tiny_bundle, monkeypa
     bundle = tmp_path / "bundle"
     shutil.copytree(manifest.root, bundle)
     data = json.loads((bundle / MANIFEST_NAME).read_text())
-    del data["audio"]["sample_rate"]
+    del member0(data)["audio"]["sample_rate"]
     (bundle / MANIFEST_NAME).write_text(json.dumps(data))
     with pytest.raises(MissingFieldError, match="Samples per second"):
         load_manifest(bundle)

@@ -27,7 +27,7 @@ from bird_infer.job import run_predict
 from bird_infer.manifest import MANIFEST_NAME
 from bird_infer.metrics import macro_roc_auc, roc_auc
 from bird_infer.pipeline import RunOptions
-from tests.conftest import ROOT
+from tests.conftest import ROOT, set_labels
 
 SR = 32000
 
@@ -158,7 +158,7 @@ def test_numeric_column_names_stay_strings(tmp_path, tiny_bundle) -> None:
     shutil.copytree(manifest.root, bundle)
     data = json.loads((bundle / MANIFEST_NAME).read_text())
     numeric = ["1139490", "00123", "65448", "1.5"]
-    data["labels"][: len(numeric)] = numeric
+    set_labels(data, numeric + data["labels"][len(numeric) :])
     (bundle / MANIFEST_NAME).write_text(json.dumps(data))
     order = list(reversed(data["labels"]))
     with open(tmp_path / "sample_submission.csv", "w", newline="") as f:

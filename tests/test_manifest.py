@@ -17,6 +17,7 @@ from bird_infer.errors import (
     SchemaVersionError,
 )
 from bird_infer.manifest import MANIFEST_NAME, load_manifest
+from tests.conftest import member0, set_labels
 
 
 @pytest.fixture()
@@ -66,13 +67,13 @@ def test_unknown_schema_version(bundle_copy: Path) -> None:
 
 def test_label_count_differs_from_model_output(bundle_copy: Path) -> None:
     def drop_label_everywhere(d: dict) -> None:
-        d["labels"] = d["labels"][:-1]
-        for fold in d["folds"]:  # even when the declared shapes are edited to agree, the file disagrees
+        set_labels(d, d["labels"][:-1])
+        for fold in member0(d)["folds"]:  # even when the declared shapes are edited to agree, the file disagrees
             fold["clipwise"]["shape"][-1] -= 1
             fold["segmentwise"]["shape"][1] -= 1
 
     original = (bundle_copy / MANIFEST_NAME).read_text()
-    edit(bundle_copy, lambda d: d.update(labels=d["labels"][:-1]))
+    edit(bundle_copy, lambda d: set_labels(d, d["labels"][:-1]))
     with pytest.raises(LabelCountMismatchError, match="264 columns but the manifest lists 263 labels"):
         load_manifest(bundle_copy)
     (bundle_copy / MANIFEST_NAME).write_text(original)
@@ -83,19 +84,19 @@ def test_label_count_differs_from_model_output(bundle_copy: Path) -> None:
 
 @pytest.mark.parametrize("field", ["hop_length", "n_mels", "top_db", "pad_mode", "mel_scale", "normalize"])
 def test_missing_frontend_field(bundle_copy: Path, field: str) -> None:
-    edit(bundle_copy, lambda d: d["frontend"].pop(field))
+    edit(bundle_copy, lambda d: member0(d)["frontend"].pop(field))
     with pytest.raises(MissingFieldError, match=f"frontend.{field}' is missing"):
         load_manifest(bundle_copy)
 
 
 def test_invalid_choice_names_the_options(bundle_copy: Path) -> None:
-    edit(bundle_copy, lambda d: d["frontend"].update(pad_mode="edge"))
+    edit(bundle_copy, lambda d: member0(d)["frontend"].update(pad_mode="edge"))
     with pytest.raises(InvalidFieldError, match=r"one of \['reflect', 'constant'\]"):
         load_manifest(bundle_copy)
 
 
 def test_front_end_that_does_not_fit_the_model(bundle_copy: Path) -> None:
-    edit(bundle_copy, lambda d: d["frontend"].update(hop_length=512))
+    edit(bundle_copy, lambda d: member0(d)["frontend"].update(hop_length=512))
     with pytest.raises(Exception, match="does not match the front-end"):
         load_manifest(bundle_copy)
 

@@ -201,7 +201,8 @@ def test_segment_max_output_rule(tmp_path, tiny_bundle, check_chunks) -> None:
     manifest, models, _ = tiny_bundle
     shutil.copytree(manifest.root, tmp_path / "b")
     rule = EnsembleConfig(combine="mean", output="segment_max")
-    m = dataclasses.replace(load_manifest(tmp_path / "b"), ensemble=rule)
+    loaded = load_manifest(tmp_path / "b")
+    m = dataclasses.replace(loaded, members=(dataclasses.replace(loaded.single, ensemble=rule),))
     write_manifest(m, tmp_path / "b")
     m = load_manifest(tmp_path / "b")
     feats = LogMelFrontend(m.frontend, m.audio.sample_rate)(check_chunks[:6])

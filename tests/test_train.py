@@ -197,9 +197,10 @@ def test_synthetic_soundscape_truth_matches_its_events(tmp_path) -> None:
 
 def test_short_training_lowers_the_loss_and_exports(tmp_path, tiny_config) -> None:
     from bird_infer.cli import main as cli_main
-    from bird_infer.manifest import load_manifest, load_training_config
+    from bird_infer.manifest import load_manifest
     from bird_infer.train.recipe import RecipeConfig
     from bird_infer.train.run import run_training
+    from bird_infer.training_config import load_training_config
 
     labels = ("syn_upsweep", "syn_hoot", "syn_clicks")
     spec = CorpusSpec(labels=labels, clips_per_label=8, soundscapes=0, clip_s=(5.0, 6.0), snr_db=(15.0, 25.0))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from bird_infer.frontend import NORMALIZE_EPS, mel_filterbank, stft_window
-from bird_infer.manifest import FrontendConfig
+from bird_infer.schema import FrontendConfig
 
 
 class TorchLogMel(nn.Module):

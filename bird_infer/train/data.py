@@ -22,7 +22,7 @@ import pandas as pd
 
 from bird_infer.audio import AUDIO_EXTENSIONS, audio_info, iter_chunk_blocks
 from bird_infer.errors import BirdInferError
-from bird_infer.manifest import AudioConfig
+from bird_infer.schema import AudioConfig
 
 MINOR_MAX = 5
 

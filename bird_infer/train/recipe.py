@@ -27,11 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bird_infer.manifest import TrainingConfig
 from bird_infer.metrics import padded_cmap
 from bird_infer.nn import TorchLogMel, build_model
 from bird_infer.train.augment import AugmentConfig, augment_wave, mixup, spec_augment
 from bird_infer.train.data import Record, load_waveform, multi_hot, random_crop
+from bird_infer.training_config import TrainingConfig
 
 log = logging.getLogger(__name__)
 

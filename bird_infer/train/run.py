@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from bird_infer.audio import find_audio_files
-from bird_infer.manifest import TrainingConfig
 from bird_infer.train.data import load_records, load_waveform, make_folds
 from bird_infer.train.recipe import RecipeConfig, save_checkpoint, train_model, write_train_config
+from bird_infer.training_config import TrainingConfig
 
 log = logging.getLogger(__name__)
 
