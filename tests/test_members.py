@@ -339,3 +339,12 @@ def test_export_refuses_a_clashing_member(tmp_path, two_member_bundle) -> None:
     audio = AudioConfig(sample_rate=WAVE_SR, clip_s=WAVE_WINDOW_S)
     with pytest.raises(ExportError, match="already has a member named 'wave'"):
         export_member(wave_models, wave_labels, audio, None, folder, wave_windows(2), name="wave", add_to=True)
+
+
+def test_deadline_guard_never_drops_a_member_whole() -> None:
+    from bird_infer.deadline import Deadline, DeadlineGuard
+
+    g = DeadlineGuard(Deadline(50), n_folds=7, total_chunks=12_000, workers=2, min_folds=2)
+    for _ in range(10):
+        g.record(n_chunks=120, n_folds=7, overhead_s=1.0, model_s=7.0)
+    assert g.folds_for_next(30.0) == 2  # nothing fits: the minimum is one fold per member, not one in all
