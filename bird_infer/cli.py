@@ -107,6 +107,17 @@ def add_predict_arguments(p: argparse.ArgumentParser, defaults: dict[str, object
         action="store_true",
         help="exit with status 1 if any file got fallback rows (the CSV is still written)",
     )
+    p.add_argument(
+        "--engine",
+        choices=["pool", "dask"],
+        default="pool",
+        help="pool: this machine's worker processes (default); dask: a Dask cluster (the dask extra)",
+    )
+    p.add_argument(
+        "--scheduler",
+        help="with --engine dask: the scheduler's address, e.g. tcp://10.0.0.5:8786 (default: a LocalCluster "
+        "with one single-threaded worker process per core)",
+    )
 
 
 def predict_from_args(args: argparse.Namespace) -> int:
@@ -124,6 +135,8 @@ def predict_from_args(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
         ),
         precision_bound=args.precision_bound,
+        engine=args.engine,
+        scheduler=args.scheduler,
     )
     limit_s = args.time_limit_min * 60 if args.time_limit_min is not None else None
     summary = run_predict(args.audio, args.models, args.out, args.sample_submission, options, limit_s)

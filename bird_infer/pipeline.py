@@ -49,6 +49,10 @@ class RunOptions:
     slowest seconds per row measured so far, 0.5 s before any measurement) is taken for a hung worker:
     the workers are killed and it is handled like a dead worker."""
     timeout_factor: float = 10.0
+    engine: str = "pool"
+    """``pool`` (this machine's process pool) or ``dask`` (a Dask cluster; see :mod:`bird_infer.dask_engine`)."""
+    scheduler: str | None = None
+    """With ``engine="dask"``: the scheduler's address, or None for a LocalCluster started for the run."""
     predictor_factory: Callable[[Manifest, RunOptions], FilePredictor] | None = None
     """Builds each worker's predictor (default :class:`FilePredictor`); must be importable by name (spawn)."""
 
@@ -60,6 +64,7 @@ class RunOptions:
             "max_attempts": self.max_attempts >= 1,
             "timeout_floor_s": math.isfinite(self.timeout_floor_s) and self.timeout_floor_s > 0,
             "timeout_factor": math.isfinite(self.timeout_factor) and self.timeout_factor > 0,
+            "engine": self.engine in ("pool", "dask"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -276,6 +276,10 @@ def predict_files(
         return []
     if options.in_process:
         _run_in_process(run, manifest)
+    elif options.engine == "dask":
+        from bird_infer.dask_engine import run_on_dask
+
+        run_on_dask(run, manifest, options.scheduler, resolve_workers(options.workers, 10**6))
     else:
         workers = resolve_workers(options.workers, len(run.paths))
         log.info("starting %d worker processes", workers)

@@ -1,0 +1,118 @@
+"""``--engine dask``: the same files, the same predictor, on a Dask cluster (``dask.distributed``).
+
+Files are tasks. Each Dask worker builds its predictor (sessions, front-ends) once, in a worker plugin,
+from the manifest and options it is given, and reuses it for every file it gets. At most two files per
+worker are in flight, so the deadline guard can still choose each file's folds when it starts. Results
+come back as files finish and go through the same bookkeeping as the process pool
+(:class:`bird_infer.scheduler._Run`): a file that raises is retried once, then gets fallback rows; a worker
+that dies mid-file (killed, out of memory) costs no file, since Dask reschedules its task elsewhere, and a
+file that kills workers again and again ends as a fallback with the reason; the hard stop cancels what
+is left.
+
+With no scheduler address a ``LocalCluster`` with one single-threaded worker process per core is started
+and closed here; with one (``tcp://host:8786``) the run uses that cluster, whose workers must read the
+models folder and the audio at the same paths. Only this module imports dask, and only when asked.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from bird_infer.errors import BirdInferError
+from bird_infer.pipeline import FileFailure, FileResult, RunOptions, describe_exception, predict_or_fail
+from bird_infer.schema import Manifest
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAME = "bird-infer-predictor"
+ALLOWED_FAILURES = 2
+"""Worker deaths a file may cause on a cluster started here before it is given up (Dask's KilledWorker)."""
+
+
+def _import_dask():
+    try:
+        import dask
+        from distributed import Client, LocalCluster, WorkerPlugin, get_worker, wait
+    except ImportError as e:
+        raise BirdInferError("--engine dask needs the dask extra: pip install 'bird_infer[dask]'") from e
+    return dask, Client, LocalCluster, WorkerPlugin, get_worker, wait
+
+
+def _plugin_class():
+    _, _, _, WorkerPlugin, _, _ = _import_dask()
+
+    class PredictorPlugin(WorkerPlugin):
+        """Builds the worker's predictor once, when the worker starts (and again if it is restarted)."""
+
+        name = PLUGIN_NAME
+
+        def __init__(self, manifest: Manifest, options: RunOptions) -> None:
+            self.manifest = manifest
+            self.options = options
+            self.predictor = None
+
+        def setup(self, worker) -> None:
+            self.predictor = self.options.make_predictor(self.manifest)
+
+    return PredictorPlugin
+
+
+def predict_task(path: str, n_folds: int | None) -> FileResult | FileFailure:
+    """A Dask task: one file with this worker's predictor."""
+    _, _, _, _, get_worker, _ = _import_dask()
+    plugin = get_worker().plugins[PLUGIN_NAME]
+    return predict_or_fail(plugin.predictor, Path(path), n_folds)
+
+
+def run_on_dask(run, manifest: Manifest, scheduler: str | None, cores: int) -> None:
+    """Drive ``run`` (a :class:`bird_infer.scheduler._Run`) to the end on a Dask cluster."""
+    dask, Client, LocalCluster, _, _, wait = _import_dask()
+    cluster = None
+    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+        if scheduler is None:
+            cluster = LocalCluster(n_workers=cores, threads_per_worker=1, processes=True, dashboard_address=":0")
+        client = Client(scheduler or cluster)
+    try:
+        client.register_plugin(_plugin_class()(manifest, run.options))
+        n_workers = max(1, len(client.scheduler_info()["workers"]))
+        log.info("dask: %d workers at %s", n_workers, client.scheduler.address)
+        _drive(run, client, wait, 2 * n_workers)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _drive(run, client, wait, cap: int) -> None:
+    in_flight: dict = {}  # future -> file index
+    while True:
+        if run.must_stop():
+            for fut in in_flight:
+                fut.cancel()
+            run.stop_unfinished(list(in_flight.values()))
+            return
+        while len(in_flight) < cap and (i := run.next_index()) is not None:
+            run.attempts[i] += 1
+            fut = client.submit(predict_task, str(run.paths[i]), run.folds_for_next(), pure=False)
+            in_flight[fut] = i
+        if not in_flight:
+            return
+        timeout = run.guard.seconds_to_stop(run.guard.elapsed_s()) + 0.01 if run.guard else None
+        try:
+            done, _ = wait(list(in_flight), timeout=timeout, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            continue
+        for fut in done:
+            i = in_flight.pop(fut)
+            try:
+                outcome = fut.result()
+            except Exception as e:  # KilledWorker (it killed workers again and again), or a lost task
+                reason = describe_exception(e)
+                if type(e).__name__ == "KilledWorker":
+                    from bird_infer.scheduler import WORKER_DIED
+
+                    reason = f"{WORKER_DIED} (on every worker Dask gave it to)"
+                outcome = FileFailure(run.paths[i], reason)
+                run.attempts[i] = max(run.attempts[i], run.options.max_attempts)
+            run.handle(i, outcome)
