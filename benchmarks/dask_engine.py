@@ -36,19 +36,37 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(args.models)
     write_soundscapes(args.audio_dir, args.soundscapes, manifest.audio)
     result: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for engine in ("pool", "dask"):
+    from distributed import LocalCluster
+
+    from bird_infer.pipeline import available_cores
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalCluster(
+            n_workers=available_cores(), threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as running,
+    ):
+        runs = {
+            "pool": RunOptions(),
+            "dask": RunOptions(engine="dask"),
+            # the cluster already up: what is left is the engine's own cost per file
+            "dask_running_cluster": RunOptions(engine="dask", scheduler=running.scheduler_address),
+        }
+        for name, options in runs.items():
             t0 = time.perf_counter()
-            s = run_predict(args.audio_dir, args.models, Path(tmp) / f"{engine}.csv", options=RunOptions(engine=engine))
+            summary = run_predict(args.audio_dir, args.models, Path(tmp) / f"{name}.csv", options=options)
             wall = time.perf_counter() - t0
-            result[engine] = {
-                "chunks": s.n_chunks,
+            result[name] = {
+                "chunks": summary.n_chunks,
                 "wall_s": round(wall, 2),
-                "chunks_per_s": round(s.n_chunks / wall, 2),
+                "chunks_per_s": round(summary.n_chunks / wall, 2),
             }
-        same = (Path(tmp) / "pool.csv").read_text() == (Path(tmp) / "dask.csv").read_text()
+        same = all((Path(tmp) / f"{n}.csv").read_text() == (Path(tmp) / "pool.csv").read_text() for n in runs)
     overhead = result["pool"]["chunks_per_s"] / result["dask"]["chunks_per_s"] - 1
     result["dask_overhead"] = round(overhead, 4)
+    result["dask_overhead_running_cluster"] = round(
+        result["pool"]["chunks_per_s"] / result["dask_running_cluster"]["chunks_per_s"] - 1, 4
+    )
     result["csv_identical"] = same
     result["target_met"] = overhead <= TARGET_OVERHEAD
     text = json.dumps(result, indent=2)
@@ -57,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(text + "\n", encoding="utf-8")
     print(
         f"dask LocalCluster: {result['dask']['chunks_per_s']} chunks/s against the pool's "
-        f"{result['pool']['chunks_per_s']} ({overhead:+.1%}; target <= {TARGET_OVERHEAD:.0%}), CSV identical: {same}"
+        f"{result['pool']['chunks_per_s']} ({overhead:+.1%} with its start-up; "
+        f"{result['dask_overhead_running_cluster']:+.1%} on a cluster already running; "
+        f"target <= {TARGET_OVERHEAD:.0%}), CSVs identical: {same}"
     )
     return 0
 
