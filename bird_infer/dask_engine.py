@@ -30,19 +30,19 @@ ALLOWED_FAILURES = 2
 """Worker deaths a file may cause on a cluster started here before it is given up (Dask's KilledWorker)."""
 
 
-def _import_dask():
+def _import_distributed():
+    """The ``distributed`` module, imported only when the dask engine is asked for."""
     try:
-        import dask
-        from distributed import Client, LocalCluster, WorkerPlugin, get_worker, wait
+        import distributed
     except ImportError as e:
         raise BirdInferError("--engine dask needs the dask extra: pip install 'bird_infer[dask]'") from e
-    return dask, Client, LocalCluster, WorkerPlugin, get_worker, wait
+    return distributed
 
 
 def _plugin_class():
-    _, _, _, WorkerPlugin, _, _ = _import_dask()
+    distributed = _import_distributed()
 
-    class PredictorPlugin(WorkerPlugin):
+    class PredictorPlugin(distributed.WorkerPlugin):
         """Builds the worker's predictor once, when the worker starts (and again if it is restarted)."""
 
         name = PLUGIN_NAME
@@ -60,24 +60,27 @@ def _plugin_class():
 
 def predict_task(path: str, n_folds: int | None) -> FileResult | FileFailure:
     """A Dask task: one file with this worker's predictor."""
-    _, _, _, _, get_worker, _ = _import_dask()
-    plugin = get_worker().plugins[PLUGIN_NAME]
+    plugin = _import_distributed().get_worker().plugins[PLUGIN_NAME]
     return predict_or_fail(plugin.predictor, Path(path), n_folds)
 
 
 def run_on_dask(run, manifest: Manifest, scheduler: str | None, cores: int) -> None:
     """Drive ``run`` (a :class:`bird_infer.scheduler._Run`) to the end on a Dask cluster."""
-    dask, Client, LocalCluster, _, _, wait = _import_dask()
+    import dask
+
+    distributed = _import_distributed()
     cluster = None
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
         if scheduler is None:
-            cluster = LocalCluster(n_workers=cores, threads_per_worker=1, processes=True, dashboard_address=":0")
-        client = Client(scheduler or cluster)
+            cluster = distributed.LocalCluster(
+                n_workers=cores, threads_per_worker=1, processes=True, dashboard_address=":0"
+            )
+        client = distributed.Client(scheduler or cluster)
     try:
         client.register_plugin(_plugin_class()(manifest, run.options))
         n_workers = max(1, len(client.scheduler_info()["workers"]))
         log.info("dask: %d workers at %s", n_workers, client.scheduler.address)
-        _drive(run, client, wait, 2 * n_workers)
+        _drive(run, client, distributed.wait, 2 * n_workers)
     finally:
         client.close()
         if cluster is not None:

@@ -188,27 +188,27 @@ class FilePredictor:
         Raises AudioDecodeError when nothing decodes, NonFiniteOutputError when no fold is finite for any
         chunk, or whatever ONNX Runtime raises.
         """
-        model_ = self.ensemble
-        k = model_.n_folds if n_folds is None else n_folds
-        kept = model_.kept(k)
-        decode = frontend = model = 0.0
+        bundle = self.ensemble
+        k = bundle.n_folds if n_folds is None else n_folds
+        kept = bundle.kept(k)
+        decode_s = frontend_s = model_s = 0.0
         parts: list[np.ndarray] = []
         bad_chunks = [np.zeros(len(f), dtype=np.int64) for f in kept]
-        reader = RowReader(path, model_.specs, self.manifest.row_s, self.options.block_chunks)
+        reader = RowReader(path, bundle.specs, self.manifest.row_s, self.options.block_chunks)
         t0 = time.perf_counter()
         for _first, windows in reader:
             t1 = time.perf_counter()
-            probs, masks = model_.predict_windows(windows, k)
+            probs, masks = bundle.predict_windows(windows, k)
             parts.append(probs)
             for counts, bad in zip(bad_chunks, masks, strict=True):
                 counts += bad.sum(axis=1)
             t2 = time.perf_counter()
-            decode += t1 - t0
-            frontend += model_.last_frontend_s
-            model += t2 - t1 - model_.last_frontend_s
+            decode_s += t1 - t0
+            frontend_s += bundle.last_frontend_s
+            model_s += t2 - t1 - bundle.last_frontend_s
             t0 = time.perf_counter()
         probs = np.concatenate(parts, axis=0)
-        names = model_.fold_names()
+        names = bundle.fold_names()
         excluded = tuple(
             (names[i][f], int(c))
             for i, folds in enumerate(kept)
@@ -235,7 +235,7 @@ class FilePredictor:
         return FileResult(
             path=path,
             probs=probs,
-            times=StageTimes(decode, frontend, model),
+            times=StageTimes(decode_s, frontend_s, model_s),
             n_folds=k,
             peak_mb=peak_memory_mb(),
             fallback_rows=int(missing + unpredicted.sum()),

@@ -195,10 +195,6 @@ class Member:
     """Weight of this member in the bundle's weighted mean (over the members that have the label)."""
 
     @property
-    def kind(self) -> str:
-        return "waveform" if self.frontend is None else "logmel"
-
-    @property
     def input_shape(self) -> tuple[int, ...]:
         """The model input without the batch axis: (n_mels, frames) or (samples,)."""
         if self.frontend is None:
