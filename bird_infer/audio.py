@@ -280,6 +280,8 @@ class RowReader:
         self.note: str | None = None
         """A header that was not believed, though every row is predicted."""
         self.info: AudioInfo | None = None
+        self.decoded_s = 0.0
+        """Seconds of audio that decoded (known after iteration)."""
 
     @property
     def rows(self) -> int:
@@ -318,6 +320,7 @@ class RowReader:
                 self.error = f"decoding stopped after {read_in / sr_in:.1f} s ({type(e).__name__}: {reason})"
                 data = np.zeros((0, 1), np.float32)
             read_in += data.shape[0]
+            self.decoded_s = read_in / sr_in
             last = data.shape[0] == 0 or read_in >= limit_in
             if last and read_in == 0 and (info.frames is None or info.frames > 0):
                 raise AudioDecodeError(f"{self.path.name}: no audio decodes ({self.error or 'no data'})")

@@ -1,15 +1,25 @@
-"""Command line: ``bird-infer predict`` (the main job) and ``bird-infer export`` (torch -> ONNX bundle)."""
+"""Command line: ``bird-infer predict`` (the main job), ``detect`` and ``plot`` (field recordings), ``export``
+(torch -> ONNX bundle), and the helpers around them."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bird_infer.commands import (
+    bundle_from_args,
+    detect_from_args,
+    example_from_args,
+    export_from_args,
+    plot_from_args,
+    score_from_args,
+    synth_from_args,
+    train_from_args,
+)
 from bird_infer.errors import BirdInferError
 
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -36,6 +46,13 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     return float(_number(text, float, 0, False, "a finite number > 0"))
+
+
+def unit_interval(text: str) -> float:
+    value = float(_number(text, float, 0, False, "a number in (0, 1]"))
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in (0, 1]")
+    return value
 
 
 def non_negative_float(text: str) -> float:
@@ -70,6 +87,12 @@ def add_predict_arguments(p: argparse.ArgumentParser, defaults: dict[str, object
         default=d.get("sample_submission"),
         help="sample_submission.csv whose column order to use; labels must match the models'",
     )
+    add_run_arguments(p, d)
+
+
+def add_run_arguments(p: argparse.ArgumentParser, defaults: dict[str, object] | None = None) -> None:
+    """How a run uses the machine: shared by predict and detect."""
+    d = defaults or {}
     p.add_argument("--workers", type=non_negative_int, default=0, help="worker processes (default 0: one per core)")
     p.add_argument(
         "--threads-per-worker", type=positive_int, default=1, help="ONNX Runtime threads per worker (default 1)"
@@ -120,13 +143,13 @@ def add_predict_arguments(p: argparse.ArgumentParser, defaults: dict[str, object
     )
 
 
-def predict_from_args(args: argparse.Namespace) -> int:
+def options_from_args(args: argparse.Namespace):
+    """RunOptions from the run arguments (native thread counts set for the workers to come)."""
     from bird_infer.ensemble import SessionSettings
-    from bird_infer.job import run_predict
     from bird_infer.pipeline import RunOptions, limit_native_threads
 
     limit_native_threads(args.threads_per_worker)
-    options = RunOptions(
+    return RunOptions(
         workers=args.workers,
         session=SessionSettings(
             backend=args.backend,
@@ -138,6 +161,12 @@ def predict_from_args(args: argparse.Namespace) -> int:
         engine=args.engine,
         scheduler=args.scheduler,
     )
+
+
+def predict_from_args(args: argparse.Namespace) -> int:
+    from bird_infer.job import run_predict
+
+    options = options_from_args(args)
     limit_s = args.time_limit_min * 60 if args.time_limit_min is not None else None
     summary = run_predict(args.audio, args.models, args.out, args.sample_submission, options, limit_s)
     print(
@@ -155,141 +184,6 @@ def predict_from_args(args: argparse.Namespace) -> int:
     return 1 if args.strict and (summary.n_failed or summary.n_partial) else 0
 
 
-def export_from_args(args: argparse.Namespace) -> int:
-    try:
-        from bird_infer import export
-        from bird_infer.training_config import load_training_config
-    except ImportError as e:
-        raise BirdInferError(f"export needs the torch extra: pip install 'bird_infer[torch]' ({e})") from e
-
-    config = load_training_config(args.config)
-    if args.description:
-        config = dataclasses.replace(config, description=args.description)
-    factory = export.model_factory(args.model_factory) if args.model_factory else None
-    if args.member_name is None:
-        args.member_name = Path(args.config).stem if args.add_to else "default"
-    models = [export.load_fold_checkpoint(p, config, factory) for p in args.checkpoints]
-    if args.check_audio:
-        waves = export.check_chunks_from_audio(args.check_audio, config, args.check_chunks)
-    else:
-        logging.getLogger(__name__).warning("no --check-audio given: checking on synthetic signals only")
-        waves = export.synthetic_check_chunks(config, args.check_chunks)
-    out = args.add_to or args.out
-    if out is None:
-        raise BirdInferError("give --out (a new bundle) or --add-to (an existing bundle)")
-    result = export.export_folds(
-        models,
-        config,
-        out,
-        waves,
-        args.fold_names,
-        args.tolerance,
-        name=args.member_name,
-        weight=args.weight,
-        add_to=args.add_to is not None,
-    )
-    for r in result.reports:
-        print(
-            f"{r.name}: max |clipwise onnx - torch| = {r.max_abs_diff:.3g} (tolerance {args.tolerance:g}), "
-            f"output spread {r.output_spread:.3g}"
-        )
-    print(
-        f"wrote {len(result.reports)} folds of member {args.member_name!r} and {Path(out) / 'manifest.json'} "
-        f"({len(result.manifest.members)} member(s))"
-    )
-    return 0
-
-
-def example_from_args(args: argparse.Namespace) -> int:
-    from bird_infer.example import write_example
-
-    path = write_example(args.out, args.seconds)
-    print(
-        f"wrote {path} ({args.seconds:g} s synthetic soundscape) and its ground truth, "
-        f"{path.parent / 'example_truth.csv'}"
-    )
-    return 0
-
-
-def train_from_args(args: argparse.Namespace) -> int:
-    try:
-        import torch
-
-        from bird_infer.train.augment import AugmentConfig
-        from bird_infer.train.recipe import RecipeConfig
-        from bird_infer.train.run import run_training
-        from bird_infer.training_config import load_training_config
-    except ImportError as e:
-        raise BirdInferError(f"train needs the train extra: pip install 'bird_infer[train]' ({e})") from e
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = load_training_config(args.config)
-    augment = AugmentConfig.off() if args.no_augment else AugmentConfig()
-    recipe = RecipeConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, augment=augment)
-    paths = run_training(
-        config, args.data, args.out, recipe, args.folds, args.n_folds, args.all_data, args.pretrained, args.background
-    )
-    for p in paths:
-        print(f"wrote {p}")
-    print(
-        f"export with: bird-infer export --config {args.out / 'train_config.json'} --checkpoints "
-        f"{' '.join(str(p) for p in paths)} --out <models folder> --check-audio <recordings>"
-    )
-    return 0
-
-
-def synth_from_args(args: argparse.Namespace) -> int:
-    from bird_infer.train.synth import CALL_TYPES, CorpusSpec, write_corpus
-
-    labels = tuple(list(CALL_TYPES)[: args.species])
-    spec = CorpusSpec(
-        labels=labels,
-        clips_per_label=args.clips_per_label,
-        soundscapes=args.soundscapes,
-        soundscape_s=args.soundscape_s,
-    )
-    out = write_corpus(
-        args.out, spec, args.background, args.seed, clips=args.clips_per_label > 0, soundscapes=args.soundscapes > 0
-    )
-    print(f"wrote {out}: {len(labels)} species, {args.clips_per_label} clips each, {args.soundscapes} soundscapes")
-    return 0
-
-
-def score_from_args(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from bird_infer.editions import edition_for
-    from bird_infer.metrics import macro_roc_auc, padded_cmap
-
-    edition = edition_for(args.edition) or edition_for(str(args.truth.resolve())) or edition_for(str(args.submission))
-    metric = args.metric or (edition.metric if edition else "padded-cmap")
-    why = "as asked" if args.metric else (f"as {edition.slug} scores" if edition else "the default; no edition known")
-    truth = pd.read_csv(args.truth, dtype={"row_id": str})
-    submission = pd.read_csv(args.submission, dtype={"row_id": str})
-    if metric == "roc-auc":
-        print(f"macro ROC-AUC = {macro_roc_auc(truth, submission):.4f} ({why})")
-    else:
-        print(f"padded cmAP = {padded_cmap(truth, submission, args.padding):.4f} ({why})")
-    return 0
-
-
-def bundle_from_args(args: argparse.Namespace) -> int:
-    from bird_infer.bundle import build_bundle
-
-    result = build_bundle(
-        args.out, args.models, args.python, args.extra, args.dataset_id, args.title, wheels=not args.no_wheels
-    )
-    print(f"wrote {result.folder}: {result.size_bytes / 2**20:.1f} MiB, {len(result.wheels)} wheels")
-    for name in result.wheels:
-        print(f"  wheels/{name}")
-    print(
-        f"upload it: kaggle datasets create -p {result.folder} --dir-mode zip  (edit dataset-metadata.json's id "
-        "first), then attach it to the notebook and paste kaggle_kernel.py into a cell"
-    )
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bird-infer", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -297,6 +191,37 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="soundscapes -> submission CSV")
     add_predict_arguments(predict)
     predict.set_defaults(func=predict_from_args)
+    det = sub.add_parser(
+        "detect", help="field recordings -> Raven / Audacity / Kaleidoscope / CSV tables per file (resumable)"
+    )
+    det.add_argument("--audio", type=Path, required=True, help="folder of recordings (searched recursively) or a file")
+    det.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")
+    det.add_argument("--out", type=Path, required=True, help="folder for the tables and the run record")
+    det.add_argument(
+        "--rtype",
+        nargs="+",
+        choices=["table", "csv", "audacity", "kaleidoscope", "probs"],
+        default=["table"],
+        help="result types (default: table, a Raven selection table); several may be given",
+    )
+    det.add_argument(
+        "--min-conf",
+        type=unit_interval,
+        default=0.25,
+        help="a row's label is a detection when its probability is at least this (0 < x <= 1; default 0.25)",
+    )
+    det.add_argument("--combine", action="store_true", help="also write one table over all files")
+    det.add_argument("--resume", action="store_true", help="skip the files an interrupted run of OUTDIR finished")
+    det.add_argument("--plots", action="store_true", help="also write a PNG per file (the field extra)")
+    det.add_argument("--top", type=positive_int, default=5, help="labels in each plot's heatmap (default 5)")
+    add_run_arguments(det)
+    det.set_defaults(func=detect_from_args)
+    pl = sub.add_parser("plot", help="a PNG of one file: the log-mel the models saw and the top labels per row")
+    pl.add_argument("file", type=Path, help="an audio file")
+    pl.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")
+    pl.add_argument("--top", type=positive_int, default=5, help="labels in the heatmap (default 5)")
+    pl.add_argument("--out", type=Path, help="PNG to write (default: <file stem>.png here)")
+    pl.set_defaults(func=plot_from_args)
     exp = sub.add_parser("export", help="fold checkpoints -> graph-optimised ONNX + manifest (needs torch)")
     exp.add_argument("--config", type=Path, required=True, help="training config JSON (labels, audio, frontend, model)")
     exp.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="one checkpoint per fold")

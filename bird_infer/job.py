@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from bird_infer.machine import cpu_info
 from bird_infer.manifest import Manifest, load_manifest
 from bird_infer.pipeline import FileFailure, FileResult, RunOptions, StageTimes, resolve_workers
 from bird_infer.preflight import check_models, check_output, estimate_csv_bytes, write_outputs
-from bird_infer.progress import Progress
+from bird_infer.progress import Progress, ProgressDisplay
 from bird_infer.report import FALLBACK_PROB, ReportEntry
 from bird_infer.scheduler import Outcome, predict_files
 from bird_infer.submission import build_submission, column_order, read_sample_columns, safe_text, unique_stems
@@ -88,23 +89,44 @@ def fallback_rows(known: list[int | None]) -> list[int]:
     return [guess if k is None else k for k in known]
 
 
-def run_predict(
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will do, settled before any audio is read (shared by ``predict`` and ``detect``)."""
+
+    manifest: Manifest
+    entries: list[Path]
+    """Every audio entry found, in order."""
+    prefixes: list[str]
+    """Each entry's unique name (row_id prefix; field outputs are named by it)."""
+    problems: dict[Path, str | None]
+    """Why an entry cannot be opened as a file (never opened), or None."""
+    rows: list[int]
+    """Each entry's expected rows (header claim, else the most common count)."""
+    options: RunOptions
+    precision: str
+    started: float
+    time_limit_s: float | None
+    root: Path
+    """The folder the entries were found under."""
+
+    @property
+    def paths(self) -> list[Path]:
+        """The entries that can be opened."""
+        return [p for p in self.entries if self.problems[p] is None]
+
+
+def plan_run(
     audio: str | Path,
     models: str | Path,
-    out: str | Path,
-    sample_submission: str | Path | None = None,
     options: RunOptions | None = None,
     time_limit_s: float | None = None,
-) -> JobSummary:
-    """Predict every audio file under ``audio`` with the bundle in ``models``; write the CSV to ``out``.
-
-    Before any audio is read: the manifest and model files are checked, every fold is loaded and run
-    once (:func:`bird_infer.preflight.check_models`), the sample submission is read and the output place
-    is tried (:func:`bird_infer.preflight.check_output`); a problem there raises (ManifestError,
-    SubmissionFormatError, OutputError). A problem with an audio file never raises: the file gets
-    fallback rows and a line in the error report. With ``time_limit_s`` the deadline guard
-    (:mod:`bird_infer.deadline`) keeps the run inside the limit.
-    """
+    sample_submission: str | Path | None = None,
+    check_place: Callable[[list[str], list[int], Manifest], None] | None = None,
+) -> RunPlan:
+    """Everything checked before any audio is read: the manifest and model files, every fold loaded and run
+    once (:func:`bird_infer.preflight.check_models`), the sample submission, the output place
+    (``check_place(prefixes, rows, manifest)``), then the accuracy guard for a reduced precision.
+    Raises ManifestError, SubmissionFormatError, OutputError (exit status 2 in the CLI)."""
     started = time.perf_counter()
     options = options or RunOptions()
     if time_limit_s is not None and not (math.isfinite(time_limit_s) and time_limit_s > 0):
@@ -117,22 +139,34 @@ def run_predict(
     root = Path(audio) if Path(audio).is_dir() else Path(audio).parent
     prefixes = unique_stems(entries, root)
     problems = {p: entry_problem(p) for p in entries}
-    paths = [p for p in entries if problems[p] is None]
     rows = fallback_rows(header_chunks(entries, manifest))
-    check_output(out, estimate_csv_bytes(prefixes, rows, len(manifest.labels), manifest.row_s))
+    if check_place is not None:
+        check_place(prefixes, rows, manifest)
     if not entries:
-        log.warning("no audio files under %s: writing a submission with a header only", audio)
-    options, precision = guard_precision(manifest, options, paths)
-    progress = Progress(len(entries), sum(rows), time_limit_s)
+        log.warning("no audio files under %s", audio)
+    options, precision = guard_precision(manifest, options, [p for p in entries if problems[p] is None])
+    return RunPlan(manifest, entries, prefixes, problems, rows, options, precision, started, time_limit_s, root)
+
+
+def execute(
+    plan: RunPlan, todo: set[Path] | None = None, on_result: Callable[[Outcome], None] | None = None
+) -> dict[Path, Outcome]:
+    """Predict the plan's entries (or those in ``todo``) on the pool, the deadline guard applied; entries that
+    cannot be opened fail at once. ``on_result`` sees each outcome as it settles. Returns entry -> outcome."""
+    manifest, options = plan.manifest, plan.options
+    entries = [p for p in plan.entries if todo is None or p in todo]
+    rows_of = dict(zip(plan.entries, plan.rows, strict=True))
+    paths = [p for p in entries if plan.problems[p] is None]
+    progress = Progress(len(entries), sum(rows_of[p] for p in entries), plan.time_limit_s)
     workers = 1 if options.in_process else resolve_workers(options.workers, max(1, len(paths)))
     guard = None
-    if time_limit_s:
+    if plan.time_limit_s:
         guard = DeadlineGuard(
-            Deadline(time_limit_s),
+            Deadline(plan.time_limit_s),
             manifest.n_folds,
-            sum(rows),
+            progress.total_chunks,
             workers,
-            started=started,
+            started=plan.started,
             min_folds=len(manifest.members),
         )
     log.info(cpu_info().line())
@@ -144,44 +178,73 @@ def run_predict(
         workers,
         options.session.intra_op_threads,
     )
-    every = max(1, len(entries) // 20)
-    rows_of = dict(zip(entries, rows, strict=True))
+    show = ProgressDisplay(progress)
 
     def report(r: Outcome) -> None:
         progress.update(r.n_rows if isinstance(r, FileResult) else rows_of[r.path])
-        if progress.files_done % every == 0 or progress.files_done == progress.n_files:
-            log.info(progress.line())
+        show.update()
+        if on_result:
+            on_result(r)
 
-    skipped: dict[Path, Outcome] = {}
-    for p, problem in problems.items():
+    outcomes: dict[Path, Outcome] = {}
+    for p in entries:
+        problem = plan.problems[p]
         if problem is not None:
-            skipped[p] = FileFailure(p, f"not read: {problem}", attempts=0)
+            outcomes[p] = FileFailure(p, f"not read: {problem}", attempts=0)
             log.warning("%s: %s", safe_text(str(p)), problem)
-            report(skipped[p])
-    done_outcomes = predict_files(
-        paths, manifest, options, on_result=report, guard=guard, rows=[rows_of[p] for p in paths]
-    )
-    by_path = {**skipped, **dict(zip(paths, done_outcomes, strict=True))}
-    outcomes = [by_path[p] for p in entries]
+            report(outcomes[p])
+    try:
+        done = predict_files(paths, manifest, options, on_result=report, guard=guard, rows=[rows_of[p] for p in paths])
+    finally:
+        show.close()
+    outcomes.update(zip(paths, done, strict=True))
+    return {p: outcomes[p] for p in entries}
+
+
+def run_predict(
+    audio: str | Path,
+    models: str | Path,
+    out: str | Path,
+    sample_submission: str | Path | None = None,
+    options: RunOptions | None = None,
+    time_limit_s: float | None = None,
+) -> JobSummary:
+    """Predict every audio file under ``audio`` with the bundle in ``models``; write the CSV to ``out``.
+
+    Before any audio is read, :func:`plan_run` checks the models, the sample submission and the output
+    place; a problem there raises (ManifestError, SubmissionFormatError, OutputError). A problem with an
+    audio file never raises: the file gets fallback rows and a line in the error report. With
+    ``time_limit_s`` the deadline guard (:mod:`bird_infer.deadline`) keeps the run inside the limit.
+    """
+
+    def place(prefixes: list[str], rows: list[int], manifest: Manifest) -> None:
+        check_output(out, estimate_csv_bytes(prefixes, rows, len(manifest.labels), manifest.row_s))
+
+    plan = plan_run(audio, models, options, time_limit_s, sample_submission, place)
+    manifest = plan.manifest
+    sample_cols = read_sample_columns(sample_submission) if sample_submission else None
+    by_path = execute(plan)
+    outcomes = [by_path[p] for p in plan.entries]
     t_write = time.perf_counter()
-    probs, report_entries = settle(outcomes, prefixes, rows, len(manifest.labels), manifest.n_folds)
-    df = build_submission(prefixes, probs, manifest.labels, manifest.row_s, sample_cols)
+    probs, report_entries = settle(outcomes, plan.prefixes, plan.rows, len(manifest.labels), manifest.n_folds)
+    df = build_submission(plan.prefixes, probs, manifest.labels, manifest.row_s, sample_cols)
     out_path, rep, write_error = write_outputs(df, report_entries, Path(out))
     write_s = time.perf_counter() - t_write
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - plan.started
     done = [r for r in outcomes if isinstance(r, FileResult)]
     stages = StageTimes(*(sum(getattr(r.times, f) for r in done) for f in ("decode_s", "frontend_s", "model_s")))
     n_failed = sum(e.outcome == "fallback" for e in report_entries)
     n_reduced = sum(e.outcome == "reduced_folds" for e in report_entries)
-    log.info("wrote %s: %d rows from %d files in %.1f s", out_path, len(df), len(entries), wall)
+    log.info("wrote %s: %d rows from %d files in %.1f s", out_path, len(df), len(plan.entries), wall)
     if report_entries:
         log.warning(
             "%d file(s) with notes (%d fallback, %d fewer folds): see %s", len(report_entries), n_failed, n_reduced, rep
         )
+    workers = 1 if plan.options.in_process else resolve_workers(plan.options.workers, max(1, len(plan.paths)))
     return JobSummary(
         out_path,
         rep,
-        len(entries),
+        len(plan.entries),
         len(df),
         wall,
         workers,
@@ -191,7 +254,7 @@ def run_predict(
         stages=stages,
         write_s=write_s,
         worker_peak_mb=max((r.peak_mb for r in done), default=0.0),
-        precision=precision,
+        precision=plan.precision,
         n_partial=sum(e.outcome == "partial" for e in report_entries),
         write_error=write_error,
     )

@@ -47,6 +47,8 @@ from bird_infer.schema import (
     Member,
     ModelConfig,
     PostProcess,
+    QuantizedSpec,
+    SpeciesName,
     TensorSpec,
     field_doc,
 )
@@ -169,7 +171,19 @@ def _parse_fold(d: Any, i: int, where_member: str = "", input_rank: int = 3) -> 
         input=_parse_tensor(_get(d, "input", where), f"{where}.input", input_rank),
         clipwise=_parse_tensor(_get(d, "clipwise", where), f"{where}.clipwise", 2),
         segmentwise=None if seg is None else _parse_tensor(seg, f"{where}.segmentwise", 3),
+        int8=_parse_quantized(d.get("int8"), f"{where}.int8"),
     )
+
+
+def _parse_quantized(d: Any, where: str) -> QuantizedSpec | None:
+    if d is None:
+        return None
+    if not isinstance(d, dict):
+        raise InvalidFieldError(f"{where} must be a JSON object (written by `bird-infer quantize`)")
+    values = {k: _get(d, k, where) for k in ("file", "sha256", "weights", "weights_sha256")}
+    if any(not isinstance(v, str) or not v for v in values.values()):
+        raise InvalidFieldError(f"{where}: file, sha256, weights and weights_sha256 must be non-empty strings")
+    return QuantizedSpec(**values, calibration=str(d.get("calibration", "")))
 
 
 def _parse_ensemble(d: Any) -> EnsembleConfig:
@@ -311,7 +325,32 @@ def _schema1_to_2(d: dict[str, Any]) -> dict[str, Any]:
         "model": d.get("model", {}),
     }
     row_s = audio.get("clip_s", 5.0) if isinstance(audio, dict) else 5.0
-    return {"labels": d.get("labels"), "row_s": row_s, "members": [member], "description": d.get("description", "")}
+    return {
+        "labels": d.get("labels"),
+        "row_s": row_s,
+        "members": [member],
+        "description": d.get("description", ""),
+        "names": d.get("names", {}),
+    }
+
+
+def _parse_names(d: Any, labels: tuple[str, ...]) -> dict[str, SpeciesName]:
+    """``names``: {label: {"scientific": str, "common": str}} for some or all bundle labels."""
+    if not isinstance(d, dict):
+        raise InvalidFieldError('manifest field \'names\' must map labels to {"scientific": ..., "common": ...}')
+    known = set(labels)
+    out: dict[str, SpeciesName] = {}
+    for label, entry in d.items():
+        where = f"manifest field 'names'[{label!r}]"
+        if label not in known:
+            raise InvalidFieldError(f"{where}: {label!r} is not a bundle label")
+        if not isinstance(entry, dict):
+            raise InvalidFieldError(f'{where} must be {{"scientific": ..., "common": ...}}')
+        values = [_get(entry, k, where) for k in ("scientific", "common")]
+        if any(not isinstance(v, str) or not v.strip() or any(c in v for c in "\t\r\n") for v in values):
+            raise InvalidFieldError(f"{where}: names must be non-empty text without tabs or line breaks")
+        out[label] = SpeciesName(*values)
+    return out
 
 
 def manifest_from_dict(d: dict[str, Any], root: Path) -> Manifest:
@@ -361,6 +400,7 @@ def manifest_from_dict(d: dict[str, Any], root: Path) -> Manifest:
         description=str(d.get("description", "")),
         schema_version=int(version),
         root=root,
+        names=_parse_names(d.get("names", {}), labels),
     )
 
 

@@ -110,6 +110,8 @@ class FileResult:
     """(fold name, chunks) for folds left out of some chunks because their outputs were NaN or inf."""
     notes: tuple[str, ...] = ()
     """What happened to this file beyond plain prediction (for the error report)."""
+    duration_s: float = 0.0
+    """Seconds of audio that decoded (field tables run their times on across files by it)."""
 
     @property
     def n_rows(self) -> int:
@@ -241,6 +243,7 @@ class FilePredictor:
             fallback_rows=int(missing + unpredicted.sum()),
             excluded_folds=excluded,
             notes=tuple(notes),
+            duration_s=reader.decoded_s,
         )
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
+from typing import TextIO
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +62,42 @@ class Progress:
                 f", projected total {_fmt(self.projected_total_s)} of the {_fmt(self.time_limit_s)} limit ({share:.0%})"
             )
         return text
+
+
+class ProgressDisplay:
+    """Shows a :class:`Progress`: a bar redrawn in place on a terminal (files, chunks/s, ETA), plain log lines
+    every ~5% of the files elsewhere (CI, notebooks, log files), as ``bird-infer predict`` always did."""
+
+    WIDTH = 28
+
+    def __init__(self, progress: Progress, stream: TextIO | None = None) -> None:
+        self.progress = progress
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = max(1, progress.n_files // 20)
+        self.drawn = False
+
+    def bar(self) -> str:
+        p = self.progress
+        share = p.chunks_done / p.total_chunks if p.total_chunks else 1.0
+        filled = min(self.WIDTH, round(share * self.WIDTH))
+        return (
+            f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {share:4.0%} {p.files_done}/{p.n_files} files, "
+            f"{p.chunks_per_s:.1f} chunks/s, ETA {_fmt(p.eta_s)}"
+        )
+
+    def update(self) -> None:
+        p = self.progress
+        if self.tty:
+            self.stream.write("\r" + self.bar() + "\033[K")
+            self.stream.flush()
+            self.drawn = True
+        elif p.files_done % self.every == 0 or p.files_done == p.n_files:
+            log.info(p.line())
+
+    def close(self) -> None:
+        """End the bar's line, so that what is printed next starts on a line of its own."""
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False

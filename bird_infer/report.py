@@ -46,10 +46,15 @@ def report_path(submission: str | Path) -> Path:
     return submission.with_name(f"{submission.stem}_errors.csv")
 
 
-def write_report(entries: list[ReportEntry], submission: str | Path) -> Path:
-    """Write the report beside ``submission`` (via a temporary file) and return its path."""
+def report_frame(entries: list[ReportEntry]) -> pd.DataFrame:
+    """The report's rows, names made printable."""
     rows = [
         [safe_text(str(e.file)), e.row_prefix, e.outcome, safe_text(e.reason), e.attempts, e.rows, e.folds]
         for e in entries
     ]
-    return write_csv_atomic(pd.DataFrame(rows, columns=REPORT_COLUMNS), report_path(submission))
+    return pd.DataFrame(rows, columns=REPORT_COLUMNS)
+
+
+def write_report(entries: list[ReportEntry], submission: str | Path, path: str | Path | None = None) -> Path:
+    """Write the report beside ``submission`` (or at ``path``), via a temporary file, and return its path."""
+    return write_csv_atomic(report_frame(entries), path or report_path(submission))

@@ -128,6 +128,23 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class QuantizedSpec:
+    """A fold's int8 model (OpenVINO IR, post-training quantized by NNCF), stored beside its fp32 ONNX file.
+
+    It runs only with the OpenVINO backend and only behind the accuracy guard (``--precision int8`` or
+    ``auto``); the fp32 file stays the reference."""
+
+    file: str
+    """The IR's ``.xml``, relative to manifest.json."""
+    sha256: str
+    weights: str
+    """The IR's ``.bin``."""
+    weights_sha256: str
+    calibration: str = ""
+    """How it was calibrated (chunks, source), for people."""
+
+
+@dataclass(frozen=True)
 class FoldSpec:
     """One fold model file and its interface."""
 
@@ -141,6 +158,8 @@ class FoldSpec:
     """Clip-wise probabilities, shape (batch, n_labels)."""
     segmentwise: TensorSpec | None = None
     """Segment-wise probabilities, shape (batch, n_labels, segments), if exported."""
+    int8: QuantizedSpec | None = None
+    """The fold quantized to int8 (``bird-infer quantize``), if made."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +222,14 @@ class Member:
 
 
 @dataclass(frozen=True)
+class SpeciesName:
+    """How a label is shown to people (Raven, Audacity, Kaleidoscope tables, plots)."""
+
+    scientific: str = field(metadata=_doc("Scientific name, e.g. 'Geothlypis trichas'."))
+    common: str = field(metadata=_doc("Common name, e.g. 'Common Yellowthroat'."))
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated model bundle. ``root`` is the folder holding manifest.json."""
 
@@ -218,6 +245,12 @@ class Manifest:
     description: str = ""
     schema_version: int = SCHEMA_VERSION
     root: Path = Path(".")
+    names: dict[str, SpeciesName] = field(default_factory=dict)
+    """Optional scientific and common name per label; a label without an entry stands in for both."""
+
+    def species_name(self, label: str) -> SpeciesName:
+        """The label's names, or the label itself as both."""
+        return self.names.get(label) or SpeciesName(label, label)
 
     def fold_path(self, fold: FoldSpec) -> Path:
         return self.root / fold.file
@@ -294,4 +327,5 @@ class Manifest:
             "members": members,
             "postprocess": pp,
             "drop_order": list(self.drop_order),
+            **({"names": {k: asdict(v) for k, v in self.names.items()}} if self.names else {}),
         }

@@ -81,3 +81,15 @@ class SlowPredictor(FilePredictor):
         time.sleep(extra_front + extra_model)
         t = r.times
         return replace(r, times=StageTimes(t.decode_s, t.frontend_s + extra_front, t.model_s + extra_model))
+
+
+class CountingPredictor(FilePredictor):
+    """Real predictions; each file predicted is appended to the file named by ``BIRD_INFER_COUNT_LOG`` and
+    then takes ``BIRD_INFER_COUNT_SLEEP`` seconds more (default 0), so that a run can be killed mid-way."""
+
+    def predict_file(self, path: Path, n_folds: int | None = None) -> FileResult:
+        r = super().predict_file(path, n_folds)
+        with open(os.environ["BIRD_INFER_COUNT_LOG"], "a", encoding="utf-8") as f:
+            f.write(path.name + "\n")
+        time.sleep(float(os.environ.get("BIRD_INFER_COUNT_SLEEP", "0")))
+        return r

@@ -1,0 +1,195 @@
+"""The handlers of ``bird-infer`` commands other than ``predict``: each turns parsed arguments into one library
+call and prints what it did. The parser is in :mod:`bird_infer.cli`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+from bird_infer.errors import BirdInferError
+
+
+def detect_from_args(args: argparse.Namespace) -> int:
+    from bird_infer.detect import DetectSettings, run_detect
+
+    settings = DetectSettings(
+        rtypes=tuple(dict.fromkeys(args.rtype)),
+        min_conf=args.min_conf,
+        combine=args.combine,
+        plots=args.plots,
+        top=args.top,
+    )
+    from bird_infer.cli import options_from_args
+
+    options = options_from_args(args)
+    limit_s = args.time_limit_min * 60 if args.time_limit_min is not None else None
+    s = run_detect(args.audio, args.models, args.out, settings, options, args.resume, limit_s)
+    print(
+        f"{s.out_dir}: {s.n_predicted} file(s) predicted ({s.n_chunks} rows, {s.n_detections} detections at "
+        f"min-conf {settings.min_conf:g}), {s.n_resumed} already done, {s.n_failed} failed, in {s.wall_s:.1f} s "
+        f"with {s.precision}"
+    )
+    for path in s.combined:
+        print(f"combined: {path}")
+    if s.n_failed:
+        print(f"{s.n_failed} file(s) got no outputs: see {s.report_path} (--resume tries them again)")
+    return 1 if args.strict and s.n_failed else 0
+
+
+def plot_from_args(args: argparse.Namespace) -> int:
+    try:
+        from bird_infer.plot import plot_file
+    except ImportError as e:  # pragma: no cover - matplotlib is imported inside plot_file
+        raise BirdInferError(f"plot needs the field extra: pip install 'bird_infer[field]' ({e})") from e
+    import importlib.util
+
+    from bird_infer.manifest import load_manifest
+    from bird_infer.pipeline import FilePredictor, RunOptions
+    from bird_infer.preflight import check_models
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise BirdInferError("plot needs matplotlib: pip install 'bird_infer[field]'")
+    manifest = load_manifest(args.models)
+    check_models(manifest)
+    result = FilePredictor(manifest, RunOptions()).predict_file(args.file)
+    out = args.out or args.file.with_suffix(".png").name
+    plot = plot_file(args.file, manifest, result.probs, out, args.top)
+    print(f"wrote {plot.path} ({plot.size_px[0]} x {plot.size_px[1]} px): top labels {', '.join(plot.top_labels)}")
+    return 0
+
+
+def export_from_args(args: argparse.Namespace) -> int:
+    try:
+        from bird_infer import export
+        from bird_infer.training_config import load_training_config
+    except ImportError as e:
+        raise BirdInferError(f"export needs the torch extra: pip install 'bird_infer[torch]' ({e})") from e
+
+    config = load_training_config(args.config)
+    if args.description:
+        config = dataclasses.replace(config, description=args.description)
+    factory = export.model_factory(args.model_factory) if args.model_factory else None
+    if args.member_name is None:
+        args.member_name = Path(args.config).stem if args.add_to else "default"
+    models = [export.load_fold_checkpoint(p, config, factory) for p in args.checkpoints]
+    if args.check_audio:
+        waves = export.check_chunks_from_audio(args.check_audio, config, args.check_chunks)
+    else:
+        logging.getLogger(__name__).warning("no --check-audio given: checking on synthetic signals only")
+        waves = export.synthetic_check_chunks(config, args.check_chunks)
+    out = args.add_to or args.out
+    if out is None:
+        raise BirdInferError("give --out (a new bundle) or --add-to (an existing bundle)")
+    result = export.export_folds(
+        models,
+        config,
+        out,
+        waves,
+        args.fold_names,
+        args.tolerance,
+        name=args.member_name,
+        weight=args.weight,
+        add_to=args.add_to is not None,
+    )
+    for r in result.reports:
+        print(
+            f"{r.name}: max |clipwise onnx - torch| = {r.max_abs_diff:.3g} (tolerance {args.tolerance:g}), "
+            f"output spread {r.output_spread:.3g}"
+        )
+    print(
+        f"wrote {len(result.reports)} folds of member {args.member_name!r} and {Path(out) / 'manifest.json'} "
+        f"({len(result.manifest.members)} member(s))"
+    )
+    return 0
+
+
+def example_from_args(args: argparse.Namespace) -> int:
+    from bird_infer.example import write_example
+
+    path = write_example(args.out, args.seconds)
+    print(
+        f"wrote {path} ({args.seconds:g} s synthetic soundscape) and its ground truth, "
+        f"{path.parent / 'example_truth.csv'}"
+    )
+    return 0
+
+
+def train_from_args(args: argparse.Namespace) -> int:
+    try:
+        import torch
+
+        from bird_infer.train.augment import AugmentConfig
+        from bird_infer.train.recipe import RecipeConfig
+        from bird_infer.train.run import run_training
+        from bird_infer.training_config import load_training_config
+    except ImportError as e:
+        raise BirdInferError(f"train needs the train extra: pip install 'bird_infer[train]' ({e})") from e
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_training_config(args.config)
+    augment = AugmentConfig.off() if args.no_augment else AugmentConfig()
+    recipe = RecipeConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, augment=augment)
+    paths = run_training(
+        config, args.data, args.out, recipe, args.folds, args.n_folds, args.all_data, args.pretrained, args.background
+    )
+    for p in paths:
+        print(f"wrote {p}")
+    print(
+        f"export with: bird-infer export --config {args.out / 'train_config.json'} --checkpoints "
+        f"{' '.join(str(p) for p in paths)} --out <models folder> --check-audio <recordings>"
+    )
+    return 0
+
+
+def synth_from_args(args: argparse.Namespace) -> int:
+    from bird_infer.train.synth import CALL_TYPES, CorpusSpec, write_corpus
+
+    labels = tuple(list(CALL_TYPES)[: args.species])
+    spec = CorpusSpec(
+        labels=labels,
+        clips_per_label=args.clips_per_label,
+        soundscapes=args.soundscapes,
+        soundscape_s=args.soundscape_s,
+    )
+    out = write_corpus(
+        args.out, spec, args.background, args.seed, clips=args.clips_per_label > 0, soundscapes=args.soundscapes > 0
+    )
+    print(f"wrote {out}: {len(labels)} species, {args.clips_per_label} clips each, {args.soundscapes} soundscapes")
+    return 0
+
+
+def score_from_args(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from bird_infer.editions import edition_for
+    from bird_infer.metrics import macro_roc_auc, padded_cmap
+
+    edition = edition_for(args.edition) or edition_for(str(args.truth.resolve())) or edition_for(str(args.submission))
+    metric = args.metric or (edition.metric if edition else "padded-cmap")
+    why = "as asked" if args.metric else (f"as {edition.slug} scores" if edition else "the default; no edition known")
+    truth = pd.read_csv(args.truth, dtype={"row_id": str})
+    submission = pd.read_csv(args.submission, dtype={"row_id": str})
+    if metric == "roc-auc":
+        print(f"macro ROC-AUC = {macro_roc_auc(truth, submission):.4f} ({why})")
+    else:
+        print(f"padded cmAP = {padded_cmap(truth, submission, args.padding):.4f} ({why})")
+    return 0
+
+
+def bundle_from_args(args: argparse.Namespace) -> int:
+    from bird_infer.bundle import build_bundle
+
+    result = build_bundle(
+        args.out, args.models, args.python, args.extra, args.dataset_id, args.title, wheels=not args.no_wheels
+    )
+    print(f"wrote {result.folder}: {result.size_bytes / 2**20:.1f} MiB, {len(result.wheels)} wheels")
+    for name in result.wheels:
+        print(f"  wheels/{name}")
+    print(
+        f"upload it: kaggle datasets create -p {result.folder} --dir-mode zip  (edit dataset-metadata.json's id "
+        "first), then attach it to the notebook and paste kaggle_kernel.py into a cell"
+    )
+    return 0
