@@ -42,6 +42,9 @@ RUNTIME_MODULES = {
     "onnx": "onnx",
     "onnxruntime": "onnxruntime",
 }
+# Installed from the bundle's wheels/ when they are there (`bird-infer bundle --extra openvino`); without them
+# --precision auto runs ONNX Runtime fp32.
+OPTIONAL_MODULES = {"openvino": "openvino"}
 MAX_DEPTH = 5  # /kaggle/input/<model>/<framework>/<variation>/<version>/models
 # Folders that hold data, never a bundle or a competition: not searched (train_audio has thousands of files).
 DATA_DIRS = {
@@ -128,12 +131,29 @@ def wheel_tags(wheels: Path) -> list:
     return sorted(tags)
 
 
+def ensure_optional(wheel_dirs: list) -> None:
+    """Install the optional engines the bundle carries wheels for; a failure only means fewer modes for auto."""
+    here = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    for mod, pip in OPTIONAL_MODULES.items():
+        if importlib.util.find_spec(mod) is not None or not wheel_dirs:
+            continue
+        if not any(here in w.name for w in wheel_dirs[0].glob(f"{pip}-*.whl")):
+            continue
+        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheel_dirs[0])]
+        proc = subprocess.run([*cmd, "--disable-pip-version-check", "--quiet", pip], capture_output=True, text=True)
+        importlib.invalidate_caches()
+        ok = proc.returncode == 0 and importlib.util.find_spec(mod) is not None
+        print(f"{'installed' if ok else 'could not install'} {pip} from the bundle's wheels (optional)", flush=True)
+
+
 def ensure_runtime(bundles: list) -> None:
-    """Install the runtime packages this Python lacks from a bundle's ``wheels/`` (pip, no network)."""
+    """Install the runtime packages this Python lacks from a bundle's ``wheels/`` (pip, no network), and the
+    optional engines it carries."""
+    wheel_dirs = [b / "wheels" for b in bundles if any((b / "wheels").glob("*.whl"))]
+    ensure_optional(wheel_dirs)
     missing = [pip for mod, pip in RUNTIME_MODULES.items() if importlib.util.find_spec(mod) is None]
     if not missing:
         return
-    wheel_dirs = [b / "wheels" for b in bundles if any((b / "wheels").glob("*.whl"))]
     here = f"cp{sys.version_info.major}{sys.version_info.minor}"
     if not wheel_dirs:
         raise KernelError(
@@ -214,7 +234,8 @@ def kaggle_defaults(argv: list, bundles: list) -> dict:
             "attach exactly one competition, or pass --audio",
         )
         folder, audio, sample = comp, comp / "test_soundscapes", comp / "sample_submission.csv"
-    defaults = {"audio": audio, "sample_submission": sample, "out": Path("submission.csv")}
+    # auto: the fastest precision this CPU offers that the accuracy guard accepts (bird_infer.precision)
+    defaults = {"audio": audio, "sample_submission": sample, "out": Path("submission.csv"), "precision": "auto"}
     models = known.models or (Path(MODELS) if MODELS else None)
     if models is None:
         found = find_model_dirs(base, bundles)

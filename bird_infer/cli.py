@@ -16,6 +16,7 @@ from bird_infer.commands import (
     example_from_args,
     export_from_args,
     plot_from_args,
+    quantize_from_args,
     score_from_args,
     synth_from_args,
     train_from_args,
@@ -108,9 +109,11 @@ def add_run_arguments(p: argparse.ArgumentParser, defaults: dict[str, object] | 
     )
     p.add_argument(
         "--precision",
-        choices=["fp32", "bf16"],
-        default="fp32",
-        help="bf16: openvino only; runs only if the accuracy guard accepts it, else fp32",
+        choices=["fp32", "bf16", "int8", "auto"],
+        default=d.get("precision", "fp32"),
+        help="bf16, int8: openvino only, and only if the accuracy guard accepts them, else onnxruntime fp32; "
+        "auto: the fastest mode this machine offers that the guard accepts (bf16 where the CPU has it, int8 where "
+        "the folds have int8 models, onnxruntime fp32), timed on the first chunks (default: %(default)s)",
     )
     p.add_argument(
         "--precision-bound",
@@ -222,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--top", type=positive_int, default=5, help="labels in the heatmap (default 5)")
     pl.add_argument("--out", type=Path, help="PNG to write (default: <file stem>.png here)")
     pl.set_defaults(func=plot_from_args)
+    qu = sub.add_parser("quantize", help="int8 models beside a bundle's folds, by NNCF on real audio (quantize extra)")
+    qu.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")
+    qu.add_argument("--calibration", type=Path, nargs="+", required=True, help="real recordings (files or folders)")
+    qu.add_argument("--chunks", type=positive_int, default=64, help="rows to calibrate on (default 64)")
+    qu.add_argument(
+        "--judge-chunks", type=positive_int, default=32, help="other rows to measure each fold on (default 32)"
+    )
+    qu.set_defaults(func=quantize_from_args)
     exp = sub.add_parser("export", help="fold checkpoints -> graph-optimised ONNX + manifest (needs torch)")
     exp.add_argument("--config", type=Path, required=True, help="training config JSON (labels, audio, frontend, model)")
     exp.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="one checkpoint per fold")

@@ -193,3 +193,16 @@ def bundle_from_args(args: argparse.Namespace) -> int:
         "first), then attach it to the notebook and paste kaggle_kernel.py into a cell"
     )
     return 0
+
+
+def quantize_from_args(args: argparse.Namespace) -> int:
+    from bird_infer.quantize import quantize_bundle
+
+    manifest, results = quantize_bundle(args.models, args.calibration, args.chunks, args.judge_chunks)
+    for r in results:
+        print(f"{r.member}/{r.fold}: {r.xml.name}, int8 max |p - p_fp32| = {r.max_delta:.4f} (mean {r.mean_delta:.5f})")
+    print(
+        f"wrote {len(results)} int8 model(s) and {manifest.root / 'manifest.json'}; they run only behind the "
+        "accuracy guard: --backend openvino --precision int8, or --precision auto"
+    )
+    return 0

@@ -7,7 +7,6 @@ everywhere plus an entry in the error report (see :mod:`bird_infer.report`).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -18,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bird_infer.audio import RowReader, WindowSpec, audio_info, claimed_chunks, entry_problem, find_audio_entries
+from bird_infer.audio import audio_info, claimed_chunks, entry_problem, find_audio_entries
 from bird_infer.deadline import Deadline, DeadlineGuard
-from bird_infer.ensemble import PrecisionRefusedError, check_precision
+from bird_infer.ensemble import SessionSettings
 from bird_infer.errors import AudioDecodeError
 from bird_infer.machine import cpu_info
 from bird_infer.manifest import Manifest, load_manifest
 from bird_infer.pipeline import FileFailure, FileResult, RunOptions, StageTimes, resolve_workers
+from bird_infer.precision import choose_precision
 from bird_infer.preflight import check_models, check_output, estimate_csv_bytes, write_outputs
 from bird_infer.progress import Progress, ProgressDisplay
 from bird_infer.report import FALLBACK_PROB, ReportEntry
@@ -62,6 +62,10 @@ class JobSummary:
     """Files with some rows predicted and the rest holding the fallback."""
     write_error: str | None = None
     """Why the CSV could not be written where asked (``out_path`` then says where it went instead)."""
+    plan_s: float = 0.0
+    """Seconds before the pool started: the checks, every fold run once, the accuracy guard (and ``auto``'s trials)."""
+    session: SessionSettings | None = None
+    """How the folds ran (``auto`` resolved)."""
 
 
 def header_chunks(paths: list[Path], manifest: Manifest) -> list[int | None]:
@@ -144,7 +148,7 @@ def plan_run(
         check_place(prefixes, rows, manifest)
     if not entries:
         log.warning("no audio files under %s", audio)
-    options, precision = guard_precision(manifest, options, [p for p in entries if problems[p] is None])
+    options, precision, _trials = choose_precision(manifest, options, [p for p in entries if problems[p] is None])
     return RunPlan(manifest, entries, prefixes, problems, rows, options, precision, started, time_limit_s, root)
 
 
@@ -221,6 +225,7 @@ def run_predict(
         check_output(out, estimate_csv_bytes(prefixes, rows, len(manifest.labels), manifest.row_s))
 
     plan = plan_run(audio, models, options, time_limit_s, sample_submission, place)
+    plan_s = time.perf_counter() - plan.started
     manifest = plan.manifest
     sample_cols = read_sample_columns(sample_submission) if sample_submission else None
     by_path = execute(plan)
@@ -257,36 +262,9 @@ def run_predict(
         precision=plan.precision,
         n_partial=sum(e.outcome == "partial" for e in report_entries),
         write_error=write_error,
+        plan_s=plan_s,
+        session=plan.options.session,
     )
-
-
-GUARD_CHUNKS = 8
-
-
-def guard_precision(manifest: Manifest, options: RunOptions, paths: list[Path]) -> tuple[RunOptions, str]:
-    """The accuracy guard, before the pool starts: a backend or precision other than ONNX Runtime fp32 runs
-    only if its probabilities stay within ``options.precision_bound`` of fp32 on the first chunks of the
-    first readable file. Refused (or unsupported by this CPU): the run goes on in ONNX Runtime fp32."""
-    st = options.session
-    if st.backend == "onnxruntime" and st.precision == "fp32":
-        return options, "onnxruntime fp32"
-    fallback = dataclasses.replace(options, session=dataclasses.replace(st, backend="onnxruntime", precision="fp32"))
-    specs = [WindowSpec.of(m.audio) for m in manifest.members]
-    for p in paths:
-        try:
-            _first, windows = next(iter(RowReader(p, specs, manifest.row_s, GUARD_CHUNKS)))
-        except (AudioDecodeError, StopIteration):
-            continue
-        n = next(iter(windows.values())).shape[0]
-        try:
-            delta = check_precision(manifest, st, windows, options.precision_bound)
-        except PrecisionRefusedError as e:
-            log.warning("%s; running in onnxruntime fp32", e)
-            return fallback, f"onnxruntime fp32 ({e})"
-        note = f"{st.backend} {st.precision} (max |p - p_fp32| = {delta:.4f} on {n} chunks of {p.name})"
-        log.info("accuracy guard: %s", note)
-        return options, note
-    return fallback, f"onnxruntime fp32 ({st.backend} {st.precision} not checked: no readable audio)"
 
 
 def settle(

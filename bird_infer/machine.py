@@ -38,7 +38,10 @@ class CpuInfo:
 
 
 def cpu_info(cpuinfo: str | None = None) -> CpuInfo:
-    """Read ``/proc/cpuinfo`` (or the text given); elsewhere only the platform's processor name."""
+    """Read ``/proc/cpuinfo`` (or the text given); elsewhere only the platform's processor name.
+
+    ``BIRD_INFER_CPU_FLAGS`` (e.g. ``"avx2 fma"``), when set, stands in for the CPU's flags: ``--precision auto``
+    then plans as it would on such a CPU."""
     if cpuinfo is None:
         path = Path("/proc/cpuinfo")
         cpuinfo = path.read_text(errors="replace") if path.exists() else ""
@@ -59,6 +62,9 @@ def cpu_info(cpuinfo: str | None = None) -> CpuInfo:
             phys_id = core_id = None
     if phys_id is not None and core_id is not None:
         cores.add((phys_id, core_id))
+    override = os.environ.get("BIRD_INFER_CPU_FLAGS")
+    if override is not None:  # rehearse another machine (e.g. Kaggle's, without bf16): these flags, no others
+        flags = set(override.replace(",", " ").split())
     logical = os.cpu_count() or 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
     return CpuInfo(

@@ -72,3 +72,19 @@ def verify_files(m: Manifest) -> None:
                 "the file is corrupt or was replaced. Restore it, or re-export with `bird-infer export`"
             )
         _check_model_file(m, member, fold)
+        if fold.int8 is not None:
+            for name, sha in ((fold.int8.file, fold.int8.sha256), (fold.int8.weights, fold.int8.weights_sha256)):
+                _check_int8_file(m.root / name, sha, fold.name)
+
+
+def _check_int8_file(path: Path, sha: str, fold: str) -> None:
+    if not path.is_file():
+        raise ModelFileMissingError(
+            f"fold {fold}: its int8 model file {path} is missing; copy it next to manifest.json, or rerun "
+            "`bird-infer quantize`"
+        )
+    digest = sha256_file(path)
+    if digest != sha:
+        raise ChecksumMismatchError(
+            f"fold {fold}: {path.name} has sha256 {digest} but the manifest records {sha}; rerun `bird-infer quantize`"
+        )
