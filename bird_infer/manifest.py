@@ -40,6 +40,7 @@ from bird_infer.schema import (
     RESERVED_COLUMN,
     SCHEMA_VERSION,
     AudioConfig,
+    BirdnetSpec,
     EnsembleConfig,
     FoldSpec,
     FrontendConfig,
@@ -275,6 +276,9 @@ def _parse_member(d: Any, i: int, bundle_labels: tuple[str, ...], row_s: float) 
     names = [f.name for f in folds]
     if len(set(names)) != len(names):
         raise InvalidFieldError(f"{where}: fold names repeat {names}")
+    member_kind = d.get("kind", "onnx")
+    if member_kind not in ("onnx", "birdnet"):
+        raise InvalidFieldError(f"{where}: kind is {member_kind!r}; use 'onnx' (the default) or 'birdnet'")
     member = Member(
         name=name,
         labels=labels,
@@ -284,6 +288,7 @@ def _parse_member(d: Any, i: int, bundle_labels: tuple[str, ...], row_s: float) 
         ensemble=_parse_ensemble(d.get("ensemble", {})),
         model=_parse_model(d.get("model", {})),
         weight=float(weight),
+        birdnet=_parse_birdnet(_get(d, "birdnet", where), labels, where) if member_kind == "birdnet" else None,
     )
     for fold in folds:
         _check_declared_shapes(member, fold)
@@ -292,6 +297,27 @@ def _parse_member(d: Any, i: int, bundle_labels: tuple[str, ...], row_s: float) 
                 f"{where}: ensemble.output is 'segment_max' but fold {fold.name} declares no segmentwise output"
             )
     return member
+
+
+def _parse_birdnet(d: Any, labels: tuple[str, ...], where: str) -> BirdnetSpec:
+    if not isinstance(d, dict):
+        raise InvalidFieldError(f"{where}: 'birdnet' must be a JSON object (written by `bird-infer birdnet-bundle`)")
+    outputs = _get(d, "outputs", f"{where}.birdnet")
+    if (
+        not isinstance(outputs, list)
+        or len(outputs) != len(labels)
+        or any(isinstance(k, bool) or not isinstance(k, int) or k < -1 for k in outputs)
+    ):
+        raise InvalidFieldError(
+            f"{where}: birdnet.outputs must give one BirdNET output index (or -1) per member label ({len(labels)})"
+        )
+    return BirdnetSpec(
+        labels_file=str(_get(d, "labels_file", f"{where}.birdnet")),
+        outputs=tuple(outputs),
+        window_s=_positive(d.get("window_s", 3.0), f"{where}.birdnet.window_s"),
+        hop_s=_positive(d.get("hop_s", 1.0), f"{where}.birdnet.hop_s"),
+        sensitivity=_positive(d.get("sensitivity", 1.0), f"{where}.birdnet.sensitivity"),
+    )
 
 
 def _check_declared_shapes(member: Member, fold: FoldSpec) -> None:

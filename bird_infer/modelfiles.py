@@ -71,7 +71,8 @@ def verify_files(m: Manifest) -> None:
                 f"fold {fold.name}: {path.name} has sha256 {digest} but the manifest records {fold.sha256}; "
                 "the file is corrupt or was replaced. Restore it, or re-export with `bird-infer export`"
             )
-        _check_model_file(m, member, fold)
+        if member.birdnet is None:
+            _check_model_file(m, member, fold)
         if fold.int8 is not None:
             for name, sha in ((fold.int8.file, fold.int8.sha256), (fold.int8.weights, fold.int8.weights_sha256)):
                 _check_int8_file(m.root / name, sha, fold.name)

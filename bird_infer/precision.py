@@ -68,7 +68,8 @@ def auto_candidates(manifest: Manifest, cpu: CpuInfo, have_openvino: bool) -> li
     modes = [REFERENCE]
     if have_openvino and cpu.has_bf16:
         modes.append(("openvino", "bf16"))
-    if have_openvino and all(f.int8 is not None for m in manifest.members for f in m.folds):
+    onnx_folds = [f for m in manifest.members if m.birdnet is None for f in m.folds]
+    if have_openvino and onnx_folds and all(f.int8 is not None for f in onnx_folds):
         modes.append(("openvino", "int8"))
     return modes
 

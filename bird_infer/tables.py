@@ -82,10 +82,15 @@ def detections(probs: np.ndarray, labels: Sequence[str], row_s: float, min_conf:
 
 def frequency_band(manifest: Manifest) -> tuple[float, float]:
     """(low, high) Hz the bundle listens to: its log-mel front-ends' fmin and fmax; a waveform member counts
-    0 to its Nyquist frequency."""
+    0 to its Nyquist frequency, a birdnet member 0 to 15 kHz (BirdNET's band)."""
     lows, highs = [], []
     for m in manifest.members:
-        if m.frontend is None:
+        if m.birdnet is not None:
+            from bird_infer.birdnet import FMAX_HZ
+
+            lows.append(0.0)
+            highs.append(FMAX_HZ)
+        elif m.frontend is None:
             lows.append(0.0)
             highs.append(m.audio.sample_rate / 2)
         else:
