@@ -509,6 +509,11 @@ def run(args: argparse.Namespace) -> dict:
         result["speedup_vs_torch_default"] = round(ours_cps * default["s_per_chunk"], 2)
         result["speedup_vs_torch_best"] = round(ours_cps / best_cps, 2)
         gflop = default["gflop_per_chunk"]
+        # This machine's speed drifts (a shared host): MatMul again, now, and the better of the two is the floor's
+        # basis (the higher rate gives the lower, stricter floor).
+        again = round(ort_matmul_gflops(clean_env(1)), 1)
+        result["ort_matmul_gflops_1_thread_samples"] = [result["ort_matmul_gflops_1_thread"], again]
+        result["ort_matmul_gflops_1_thread"] = max(result["ort_matmul_gflops_1_thread"], again)
         floor_ms = gflop / result["ort_matmul_gflops_1_thread"] * 1000
         e2e = per_worker_ms / len(manifest.folds)
         result["fp32_floor"] = {
