@@ -100,6 +100,7 @@ def plot_file(path: str | Path, manifest: Manifest, probs: np.ndarray, out: str 
     idx = top_labels(probs, manifest.labels, top)
     shown = [manifest.species_name(manifest.labels[k]).common for k in idx]
     fig = Figure(figsize=(WIDTH_PX / DPI, HEIGHT_PX / DPI), dpi=DPI)
+    fig.subplots_adjust(left=0.16)  # room for long common names
     spec_ax, heat_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, max(1.2, 0.35 * len(idx))]})
     duration = image.shape[1] * col_s
     spec_ax.imshow(image, origin="lower", aspect="auto", cmap="magma", extent=(0, duration, 0, fe.n_mels))
