@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 from bird_infer.errors import BirdInferError
-from bird_infer.pipeline import FileFailure, FileResult, RunOptions, describe_exception, predict_or_fail
+from bird_infer.pipeline import FileFailure, RunOptions, describe_exception, run_segment
 from bird_infer.schema import Manifest
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,10 @@ def _plugin_class():
     return PredictorPlugin
 
 
-def predict_task(path: str, n_folds: int | None) -> FileResult | FileFailure:
-    """A Dask task: one file with this worker's predictor."""
+def predict_task(path: str, n_folds: int | None, start: int = 0, end: int | None = None):
+    """A Dask task: one file, or a segment of one, with this worker's predictor."""
     plugin = _import_distributed().get_worker().plugins[PLUGIN_NAME]
-    return predict_or_fail(plugin.predictor, Path(path), n_folds)
+    return run_segment(plugin.predictor, Path(path), n_folds, start, end)
 
 
 def run_on_dask(run, manifest: Manifest, scheduler: str | None, cores: int) -> None:
@@ -97,7 +97,8 @@ def _drive(run, client, wait, cap: int) -> None:
             return
         while len(in_flight) < cap and (i := run.next_index()) is not None:
             run.attempts[i] += 1
-            fut = client.submit(predict_task, str(run.paths[i]), run.folds_for_next(), pure=False)
+            path, n_folds, start, end = run.task_args(i)
+            fut = client.submit(predict_task, str(path), n_folds, start, end, pure=False)
             in_flight[fut] = i
         if not in_flight:
             return

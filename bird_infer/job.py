@@ -29,6 +29,7 @@ from bird_infer.preflight import check_models, check_output, estimate_csv_bytes,
 from bird_infer.progress import Progress, ProgressDisplay
 from bird_infer.report import FALLBACK_PROB, ReportEntry
 from bird_infer.scheduler import Outcome, predict_files
+from bird_infer.segments import plan_segments
 from bird_infer.submission import build_submission, column_order, read_sample_columns, safe_text, unique_stems
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,11 @@ def execute(
     rows_of = dict(zip(plan.entries, plan.rows, strict=True))
     paths = [p for p in entries if plan.problems[p] is None]
     progress = Progress(len(entries), sum(rows_of[p] for p in entries), plan.time_limit_s)
-    workers = 1 if options.in_process else resolve_workers(options.workers, max(1, len(paths)))
+    tasks = len(paths)
+    if options.split_files and not options.in_process:  # a long file may be split across workers
+        cores = resolve_workers(options.workers, 10**6)
+        tasks = len(plan_segments([rows_of[p] for p in paths], cores, options.block_chunks))
+    workers = 1 if options.in_process else resolve_workers(options.workers, max(1, tasks))
     guard = None
     if plan.time_limit_s:
         guard = DeadlineGuard(

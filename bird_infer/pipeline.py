@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from bird_infer.audio import RowReader
-from bird_infer.ensemble import PRECISION_BOUND, BundleModel, NonFiniteOutputError, SessionSettings
-from bird_infer.postprocess import postprocess
-from bird_infer.report import FALLBACK_PROB
+from bird_infer.ensemble import PRECISION_BOUND, BundleModel, SessionSettings
 from bird_infer.schema import Manifest
+from bird_infer.segments import assemble
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,8 @@ class RunOptions:
     """``pool`` (this machine's process pool) or ``dask`` (a Dask cluster; see :mod:`bird_infer.dask_engine`)."""
     scheduler: str | None = None
     """With ``engine="dask"``: the scheduler's address, or None for a LocalCluster started for the run."""
+    split_files: bool = True
+    """With fewer files than cores, split each long file's rows across workers (:mod:`bird_infer.segments`)."""
     predictor_factory: Callable[[Manifest, RunOptions], FilePredictor] | None = None
     """Builds each worker's predictor (default :class:`FilePredictor`); must be importable by name (spawn)."""
 
@@ -112,6 +113,8 @@ class FileResult:
     """What happened to this file beyond plain prediction (for the error report)."""
     duration_s: float = 0.0
     """Seconds of audio that decoded (field tables run their times on across files by it)."""
+    parts: int = 1
+    """Segments the file was predicted in, by different workers (:mod:`bird_infer.segments`)."""
 
     @property
     def n_rows(self) -> int:
@@ -121,6 +124,21 @@ class FileResult:
     def n_chunks(self) -> int:
         """Rows that hold predictions."""
         return self.n_rows - self.fallback_rows
+
+
+@dataclass(frozen=True)
+class PartResult(FileResult):
+    """Rows ``[first_row, ...)`` of a file as one worker predicted them (see :mod:`bird_infer.segments`):
+    combined probabilities before the fallback and post-processing, NaN where no fold was finite."""
+
+    first_row: int = 0
+    reached_end: bool = True
+    """The part read the file to its end: the reader's figures below are the file's."""
+    reader_rows: int = 0
+    """Rows the file gets (what decoded, or the header's claim when longer)."""
+    reader_notes: tuple[str, ...] = ()
+    bad_chunks: tuple[tuple[int, ...], ...] = ()
+    """Per member, per kept fold: chunks on which that fold's outputs were left out (NaN or inf)."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +208,14 @@ class FilePredictor:
         Raises AudioDecodeError when nothing decodes, NonFiniteOutputError when no fold is finite for any
         chunk, or whatever ONNX Runtime raises.
         """
+        return assemble(self.manifest, path, [self.predict_part(path, n_folds)], n_folds)
+
+    def predict_part(
+        self, path: Path, n_folds: int | None = None, start: int = 0, end: int | None = None
+    ) -> PartResult:
+        """Rows ``[start, end)`` of the file (see :mod:`bird_infer.segments`): decoded from the file's start,
+        the front-ends and folds run only on those rows; the combined probabilities before the fallback and
+        the post-processing (NaN where no fold was finite)."""
         bundle = self.ensemble
         k = bundle.n_folds if n_folds is None else n_folds
         kept = bundle.kept(k)
@@ -197,8 +223,18 @@ class FilePredictor:
         parts: list[np.ndarray] = []
         bad_chunks = [np.zeros(len(f), dtype=np.int64) for f in kept]
         reader = RowReader(path, bundle.specs, self.manifest.row_s, self.options.block_chunks)
+        reached_end = True
         t0 = time.perf_counter()
-        for _first, windows in reader:
+        for first, windows in reader:
+            n = next(iter(windows.values())).shape[0]
+            if end is not None and first >= end:
+                reached_end = False
+                break
+            if first + n <= start:  # before this segment: decoded (the stream needs it), not predicted
+                continue
+            lo, hi = max(0, start - first), n if end is None else min(n, end - first)
+            if lo or hi < n:
+                windows = {spec: w[lo:hi] for spec, w in windows.items()}
             t1 = time.perf_counter()
             probs, masks = bundle.predict_windows(windows, k)
             parts.append(probs)
@@ -209,41 +245,19 @@ class FilePredictor:
             frontend_s += bundle.last_frontend_s
             model_s += t2 - t1 - bundle.last_frontend_s
             t0 = time.perf_counter()
-        probs = np.concatenate(parts, axis=0)
-        names = bundle.fold_names()
-        excluded = tuple(
-            (names[i][f], int(c))
-            for i, folds in enumerate(kept)
-            for f, c in zip(folds, bad_chunks[i], strict=True)
-            if c
-        )
-        unpredicted = np.isnan(probs).any(axis=1)
-        if unpredicted.all():
-            raise NonFiniteOutputError(f"fold(s) {[n for n, _ in excluded]} produced NaN or inf on every chunk")
-        probs[unpredicted] = FALLBACK_PROB
-        if self.manifest.postprocess.active:
-            probs = postprocess(probs, ~unpredicted, self.manifest.postprocess)
-        missing = reader.rows - len(probs)
-        if missing > 0:
-            probs = np.concatenate([probs, np.full((missing, probs.shape[1]), FALLBACK_PROB, np.float32)])
-        notes = [n for n in (reader.note, reader.error) if n]
-        if missing > 0:
-            notes.append(f"{missing} of {reader.rows} rows hold the fallback")
-        if excluded:
-            shown = ", ".join(f"{name} on {c} of {len(unpredicted)} chunks" for name, c in excluded)
-            notes.append(f"NaN or inf left out: {shown}")
-        if unpredicted.any():
-            notes.append(f"{int(unpredicted.sum())} chunk(s) had no finite fold: fallback rows")
-        return FileResult(
+        n_labels = len(self.manifest.labels)
+        return PartResult(
             path=path,
-            probs=probs,
+            probs=np.concatenate(parts, axis=0) if parts else np.zeros((0, n_labels), np.float32),
             times=StageTimes(decode_s, frontend_s, model_s),
             n_folds=k,
             peak_mb=peak_memory_mb(),
-            fallback_rows=int(missing + unpredicted.sum()),
-            excluded_folds=excluded,
-            notes=tuple(notes),
-            duration_s=reader.decoded_s,
+            duration_s=reader.decoded_s if reached_end else 0.0,
+            first_row=start,
+            reached_end=reached_end,
+            reader_rows=reader.rows if reached_end else 0,
+            reader_notes=tuple(n for n in (reader.note, reader.error) if n) if reached_end else (),
+            bad_chunks=tuple(tuple(int(c) for c in counts) for counts in bad_chunks),
         )
 
 
@@ -260,6 +274,24 @@ def predict_or_fail(predictor: FilePredictor, path: Path, n_folds: int | None) -
     except Exception as e:  # one bad file must never stop the batch; the reason is reported
         log.debug("%s failed", path, exc_info=True)
         return FileFailure(path=path, reason=describe_exception(e).replace(str(path), path.name))
+
+
+def predict_part_or_fail(
+    predictor: FilePredictor, path: Path, n_folds: int | None, start: int, end: int | None
+) -> PartResult | FileFailure:
+    """``predict_part``, with any exception turned into a FileFailure."""
+    try:
+        return predictor.predict_part(path, n_folds, start, end)
+    except Exception as e:  # one bad file must never stop the batch; the reason is reported
+        log.debug("%s failed", path, exc_info=True)
+        return FileFailure(path=path, reason=describe_exception(e).replace(str(path), path.name))
+
+
+def run_segment(predictor: FilePredictor, path: Path, n_folds: int | None, start: int, end: int | None):
+    """A whole file (``start`` 0, ``end`` None) or a segment of one."""
+    if start == 0 and end is None:
+        return predict_or_fail(predictor, path, n_folds)
+    return predict_part_or_fail(predictor, path, n_folds, start, end)
 
 
 # One predictor per worker process, built by the pool initializer and only read afterwards.
@@ -305,8 +337,8 @@ def init_worker(manifest: Manifest, options: RunOptions, parent_pid: int | None 
     _WORKER_PREDICTOR = options.make_predictor(manifest)
 
 
-def predict_in_worker(path: Path, n_folds: int | None) -> FileResult | FileFailure:
-    """The pool task: one file with this worker's predictor."""
+def predict_in_worker(path: Path, n_folds: int | None, start: int = 0, end: int | None = None):
+    """The pool task: one file, or a segment of one, with this worker's predictor."""
     if _WORKER_PREDICTOR is None:  # pragma: no cover - the initializer always runs first
         raise RuntimeError("worker used before its initializer ran")
-    return predict_or_fail(_WORKER_PREDICTOR, path, n_folds)
+    return run_segment(_WORKER_PREDICTOR, path, n_folds, start, end)

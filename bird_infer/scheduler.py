@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bird_infer.deadline import DeadlineGuard
+from bird_infer.ensemble import NonFiniteOutputError
 from bird_infer.manifest import Manifest
 from bird_infer.pipeline import (
     FileFailure,
@@ -39,9 +40,10 @@ from bird_infer.pipeline import (
     RunOptions,
     init_worker,
     predict_in_worker,
-    predict_or_fail,
     resolve_workers,
+    run_segment,
 )
+from bird_infer.segments import Segment, assemble, plan_segments
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +64,17 @@ class _Run:
         self,
         paths: list[Path],
         options: RunOptions,
-        on_result: Callable[[Outcome], None] | None,
+        on_result: Callable[[int, Outcome], None] | None,
         guard: DeadlineGuard | None,
+        segments: list[Segment] | None = None,
     ) -> None:
         self.paths = paths
+        """Each task's file (a task is a file, or a segment of one)."""
         self.options = options
         self.on_result = on_result
         self.guard = guard
+        self.segments = segments or [Segment(i) for i in range(len(paths))]
+        self.file_folds: dict[int, int | None] = {}
         self.attempts = [0] * len(paths)
         self.outcomes: dict[int, Outcome] = {}
         self.queue: deque[int] = deque(range(len(paths)))
@@ -76,6 +82,16 @@ class _Run:
 
     def folds_for_next(self) -> int | None:
         return self.guard.folds_for_next(self.guard.elapsed_s()) if self.guard else None
+
+    def task_args(self, i: int) -> tuple[Path, int | None, int, int | None]:
+        """(path, folds, start row, end row) for task ``i``. The segments of one file share one fold count
+        (chosen when its first segment starts), so that they can be assembled."""
+        seg = self.segments[i]
+        if seg.whole:
+            return self.paths[i], self.folds_for_next(), 0, None
+        if seg.file not in self.file_folds:
+            self.file_folds[seg.file] = self.folds_for_next()
+        return self.paths[i], self.file_folds[seg.file], seg.start, seg.end
 
     def must_stop(self) -> bool:
         return bool(self.guard and self.guard.must_stop(self.guard.elapsed_s()))
@@ -89,7 +105,7 @@ class _Run:
         if isinstance(outcome, FileFailure):
             log.warning("%s: no predictions after %d attempt(s): %s", outcome.path, outcome.attempts, outcome.reason)
         if self.on_result:
-            self.on_result(outcome)
+            self.on_result(i, outcome)
 
     def handle(self, i: int, outcome: Outcome) -> None:
         """A file came back from a worker: keep it, or retry it, or give up on it."""
@@ -137,7 +153,7 @@ def _run_in_process(run: _Run, manifest: Manifest) -> None:
             run.stop_unfinished([i])
             return
         run.attempts[i] += 1
-        run.handle(i, predict_or_fail(predictor, run.paths[i], run.folds_for_next()))
+        run.handle(i, run_segment(predictor, *run.task_args(i)))
 
 
 def _new_pool(workers: int, manifest: Manifest, options: RunOptions) -> ProcessPoolExecutor:
@@ -198,7 +214,7 @@ def _run_in_pool(run: _Run, manifest: Manifest, workers: int, rows: Sequence[int
             while not broken and len(in_flight) < cap and (i := run.next_index()) is not None:
                 run.attempts[i] += 1
                 try:
-                    fut = pool.submit(predict_in_worker, run.paths[i], run.folds_for_next())
+                    fut = pool.submit(predict_in_worker, *run.task_args(i))
                     in_flight[fut] = (i, time.monotonic())
                 except BrokenProcessPool:  # a worker died since the last look: this file never started
                     run.attempts[i] -= 1
@@ -257,6 +273,53 @@ def _run_in_pool(run: _Run, manifest: Manifest, workers: int, rows: Sequence[int
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+class _Assembler:
+    """Turns task outcomes into file outcomes: a whole file's is its own; a split file's parts are joined
+    (:func:`bird_infer.segments.assemble`) once all have settled, or the file fails with its first failed part."""
+
+    def __init__(
+        self,
+        files: list[Path],
+        segments: list[Segment],
+        manifest: Manifest,
+        on_result: Callable[[Outcome], None] | None,
+    ) -> None:
+        self.files = files
+        self.segments = segments
+        self.manifest = manifest
+        self.on_result = on_result
+        self.pending = Counter(s.file for s in segments)
+        self.parts: dict[int, list[Outcome]] = {}
+        self.outcomes: dict[int, Outcome] = {}
+
+    def on_task(self, i: int, outcome: Outcome) -> None:
+        f = self.segments[i].file
+        self.parts.setdefault(f, []).append(outcome)
+        self.pending[f] -= 1
+        if self.pending[f]:
+            return
+        parts = self.parts.pop(f)
+        if len(parts) == 1 and self.segments[i].whole:
+            result = parts[0]
+        else:
+            result = self._join(f, parts)
+        self.outcomes[f] = result
+        if self.on_result:
+            self.on_result(result)
+
+    def _join(self, f: int, parts: list[Outcome]) -> Outcome:
+        path = self.files[f]
+        attempts = max(p.attempts for p in parts)
+        failed = [p for p in parts if isinstance(p, FileFailure)]
+        if failed:
+            return FileFailure(path, f"{failed[0].reason} (in rows of a segment)", attempts)
+        try:
+            joined = assemble(self.manifest, path, parts, parts[0].n_folds)
+        except NonFiniteOutputError as e:
+            return FileFailure(path, f"NonFiniteOutputError: {e}", attempts)
+        return replace(joined, attempts=attempts)
+
+
 def predict_files(
     paths: Sequence[Path],
     manifest: Manifest,
@@ -267,13 +330,23 @@ def predict_files(
 ) -> list[Outcome]:
     """Predict every file: one FileResult or FileFailure per path, in the order of ``paths``.
 
-    ``on_result`` sees each outcome as it is settled; ``guard`` (optional) applies a time limit;
-    ``rows`` (each file's expected rows, default 1) scales each file's hang timeout.
+    ``on_result`` sees each file's outcome as it is settled; ``guard`` (optional) applies a time limit;
+    ``rows`` (each file's expected rows, default 1) scales each file's hang timeout and, with fewer files than
+    cores, decides which files are split across workers (:mod:`bird_infer.segments`).
     """
     options = options or RunOptions()
-    run = _Run([Path(p) for p in paths], options, on_result, guard)
-    if not run.paths:
+    files = [Path(p) for p in paths]
+    if not files:
         return []
+    file_rows = list(rows) if rows is not None else [1] * len(files)
+    cores = 1 if options.in_process else resolve_workers(options.workers, 10**6)
+    segments = plan_segments(file_rows, cores, options.block_chunks) if options.split_files else None
+    segments = segments or [Segment(i) for i in range(len(files))]
+    if len(segments) > len(files):
+        log.info("%d file(s) on %d cores: split into %d segments", len(files), cores, len(segments))
+    assembler = _Assembler(files, segments, manifest, on_result)
+    run = _Run([files[s.file] for s in segments], options, assembler.on_task, guard, segments)
+    task_rows = [(s.end if s.end is not None else file_rows[s.file]) - s.start for s in segments]
     if options.in_process:
         _run_in_process(run, manifest)
     elif options.engine == "dask":
@@ -281,7 +354,7 @@ def predict_files(
 
         run_on_dask(run, manifest, options.scheduler, resolve_workers(options.workers, 10**6))
     else:
-        workers = resolve_workers(options.workers, len(run.paths))
+        workers = resolve_workers(options.workers, len(segments))
         log.info("starting %d worker processes", workers)
-        _run_in_pool(run, manifest, workers, list(rows) if rows is not None else [1] * len(run.paths))
-    return [run.outcomes[i] for i in range(len(run.paths))]
+        _run_in_pool(run, manifest, workers, [max(1, r) for r in task_rows])
+    return [assembler.outcomes[i] for i in range(len(files))]
