@@ -131,6 +131,14 @@ def wheel_tags(wheels: Path) -> list:
     return sorted(tags)
 
 
+def pip_install(wheels: Path, packages: list) -> "subprocess.CompletedProcess":
+    """``pip install`` from the bundle's wheels only (``--no-index``: never the network)."""
+    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels)]
+    proc = subprocess.run([*cmd, "--disable-pip-version-check", "--quiet", *packages], capture_output=True, text=True)
+    importlib.invalidate_caches()
+    return proc
+
+
 def ensure_optional(wheel_dirs: list) -> None:
     """Install the optional engines the bundle carries wheels for; a failure only means fewer modes for auto."""
     here = f"cp{sys.version_info.major}{sys.version_info.minor}"
@@ -139,9 +147,7 @@ def ensure_optional(wheel_dirs: list) -> None:
             continue
         if not any(here in w.name for w in wheel_dirs[0].glob(f"{pip}-*.whl")):
             continue
-        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheel_dirs[0])]
-        proc = subprocess.run([*cmd, "--disable-pip-version-check", "--quiet", pip], capture_output=True, text=True)
-        importlib.invalidate_caches()
+        proc = pip_install(wheel_dirs[0], [pip])
         ok = proc.returncode == 0 and importlib.util.find_spec(mod) is not None
         print(f"{'installed' if ok else 'could not install'} {pip} from the bundle's wheels (optional)", flush=True)
 
@@ -161,20 +167,7 @@ def ensure_runtime(bundles: list) -> None:
             "written by `bird-infer bundle` (it carries them)"
         )
     print(f"installing {missing} from {wheel_dirs[0]} (no network)", flush=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--no-index",
-        "--find-links",
-        str(wheel_dirs[0]),
-        "--disable-pip-version-check",
-        "--quiet",
-        *missing,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    importlib.invalidate_caches()
+    proc = pip_install(wheel_dirs[0], missing)
     still = [m for m, pip in RUNTIME_MODULES.items() if pip in missing and importlib.util.find_spec(m) is None]
     if proc.returncode != 0 or still:
         raise KernelError(

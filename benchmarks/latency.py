@@ -97,22 +97,6 @@ def _model_only(models: str, feats: np.ndarray, session, repeats: int, barrier=N
     return time.perf_counter() - t0
 
 
-def _fold_ms(path: str, feats: np.ndarray, repeats: int) -> float:
-    """Milliseconds per chunk of one ONNX fold, one thread, batch 1, in this process (after a warm-up)."""
-    from bird_infer.ensemble import make_session
-
-    sess = make_session(path, 1)
-    name_in = sess.get_inputs()[0].name
-    sess.run(None, {name_in: feats[:1]})
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for x in feats:
-            sess.run(None, {name_in: x[None]})
-        times.append((time.perf_counter() - t0) / len(feats))
-    return float(np.median(times)) * 1000
-
-
 def nfnet_fold(config_path: str, folder: Path, backbone: str = "eca_nfnet_l0") -> Path:
     """An ``eca_nfnet_l0`` SED fold with random weights (timing only: speed does not depend on the weights),
     exported and optimised as the shipped folds are."""
@@ -157,8 +141,8 @@ def mixed_ensemble(
         t0 = time.perf_counter()
         path = nfnet_fold(args.config, Path(tmp))
         export_s = time.perf_counter() - t0
-        b0_ms = _fold_ms(str(manifest.fold_path(manifest.folds[0])), feats[:8], 3)
-        nf_fp32_ms = _fold_ms(str(path), feats[:8], 3)
+        b0_ms = fold_ms_in_mode(str(manifest.fold_path(manifest.folds[0])), feats[:8], "onnxruntime", "fp32")
+        nf_fp32_ms = fold_ms_in_mode(str(path), feats[:8], "onnxruntime", "fp32")
         nf_ms = fold_ms_in_mode(str(path), feats[:8], *mode) if mode[0] == "openvino" else nf_fp32_ms
     out = {
         "mode": " ".join(mode),

@@ -39,14 +39,11 @@ def detect_from_args(args: argparse.Namespace) -> int:
 
 
 def plot_from_args(args: argparse.Namespace) -> int:
-    try:
-        from bird_infer.plot import plot_file
-    except ImportError as e:  # pragma: no cover - matplotlib is imported inside plot_file
-        raise BirdInferError(f"plot needs the field extra: pip install 'bird_infer[field]' ({e})") from e
     import importlib.util
 
     from bird_infer.manifest import load_manifest
     from bird_infer.pipeline import FilePredictor, RunOptions
+    from bird_infer.plot import plot_file  # imports matplotlib only when drawing
     from bird_infer.preflight import check_models
 
     if importlib.util.find_spec("matplotlib") is None:

@@ -34,11 +34,11 @@ from bird_infer.errors import BirdInferError, OutputError
 from bird_infer.job import RunPlan, execute, plan_run, settle
 from bird_infer.pipeline import FileFailure, FileResult, RunOptions
 from bird_infer.preflight import check_output
-from bird_infer.report import write_report
+from bird_infer.report import report_frame
 from bird_infer.runrecord import RUN_RECORD, RunRecord, write_atomic, write_text
 from bird_infer.scheduler import Outcome
 from bird_infer.schema import Manifest
-from bird_infer.submission import safe_text
+from bird_infer.submission import safe_text, write_csv_atomic
 from bird_infer.tables import (
     COMBINED,
     CSV_HEADER,
@@ -264,7 +264,7 @@ def run_detect(
         len(plan.manifest.labels),
         plan.manifest.n_folds,
     )
-    report = write_report(entries, out_dir / ERRORS, out_dir / ERRORS)
+    report = write_csv_atomic(report_frame(entries), out_dir / ERRORS)
     combined = _combine(plan, settings, out_dir, names, record) if settings.combine else ()
     results = [o for o in outcomes if isinstance(o, FileResult)]
     return DetectSummary(

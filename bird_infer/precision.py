@@ -146,9 +146,9 @@ def choose_precision(
         best = min(accepted, key=lambda t: t.ms_per_chunk or 0.0)
         note = f"{best.name} (auto: the fastest accepted on {n} chunks of {path.name}: {measured})"
     else:
-        best = trials[-1] if trials[-1] in accepted else trials[0]
-        if best is trials[0]:
-            note = f"onnxruntime fp32 ({trials[-1].name} refused on {n} chunks of {path.name}: {trials[-1].describe()})"
+        best = trials[-1]
+        if best not in accepted:
+            note = f"onnxruntime fp32 ({best.name} refused on {n} chunks of {path.name}: {best.describe()})"
             log.warning("accuracy guard: %s", note)
             return fallback, note, trials
         note = f"{best.name} (accuracy guard on {n} chunks of {path.name}: {measured})"

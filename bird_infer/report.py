@@ -55,6 +55,6 @@ def report_frame(entries: list[ReportEntry]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=REPORT_COLUMNS)
 
 
-def write_report(entries: list[ReportEntry], submission: str | Path, path: str | Path | None = None) -> Path:
-    """Write the report beside ``submission`` (or at ``path``), via a temporary file, and return its path."""
-    return write_csv_atomic(report_frame(entries), path or report_path(submission))
+def write_report(entries: list[ReportEntry], submission: str | Path) -> Path:
+    """Write the report beside ``submission`` (via a temporary file) and return its path."""
+    return write_csv_atomic(report_frame(entries), report_path(submission))

