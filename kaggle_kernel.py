@@ -206,7 +206,7 @@ def only_one(found: list, what: str, holding: str, hint: str) -> Path:
 
 def kaggle_defaults(argv: list, bundles: list) -> dict:
     """Defaults for the predict options, from the notebook's inputs and the variables at the top."""
-    from bird_infer.editions import STRICTEST_LIMIT_MIN, edition_for
+    from bird_infer.kaggle.editions import NOTEBOOK_START_MIN, STRICTEST_LIMIT_MIN, edition_for
 
     base = kaggle_input()
     pre = argparse.ArgumentParser(add_help=False)
@@ -227,7 +227,7 @@ def kaggle_defaults(argv: list, bundles: list) -> dict:
             "attach exactly one competition, or pass --audio",
         )
         folder, audio, sample = comp, comp / "test_soundscapes", comp / "sample_submission.csv"
-    # auto: the fastest precision this CPU offers that the accuracy guard accepts (bird_infer.precision)
+    # auto: the fastest precision this CPU offers that the accuracy guard accepts (bird_infer.runtime.precision)
     defaults = {"audio": audio, "sample_submission": sample, "out": Path("submission.csv"), "precision": "auto"}
     models = known.models or (Path(MODELS) if MODELS else None)
     if models is None:
@@ -247,13 +247,13 @@ def kaggle_defaults(argv: list, bundles: list) -> dict:
         defaults["time_limit_min"] = edition.job_limit_min
         log.info("%s: %.0f-minute limit, the job gets %.0f min", edition.slug, edition.limit_min, edition.job_limit_min)
     else:
-        defaults["time_limit_min"] = STRICTEST_LIMIT_MIN - 5.0
+        defaults["time_limit_min"] = STRICTEST_LIMIT_MIN - NOTEBOOK_START_MIN
         log.warning(
             "competition %r is not a known BirdCLEF edition: assuming the strictest limit known, "
             "%.0f minutes (the job gets %.0f); set TIME_LIMIT_MIN to change it",
             folder.name,
             STRICTEST_LIMIT_MIN,
-            STRICTEST_LIMIT_MIN - 5.0,
+            STRICTEST_LIMIT_MIN - NOTEBOOK_START_MIN,
         )
     return defaults
 
@@ -276,7 +276,7 @@ def main(argv: "list | None" = None) -> int:
         print(f"kaggle_kernel: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        errors = sys.modules.get("bird_infer.errors")
+        errors = sys.modules.get("bird_infer.contract.errors")
         if isinstance(e, FileNotFoundError) or (errors is not None and isinstance(e, errors.BirdInferError)):
             print(f"kaggle_kernel: error: {e}", file=sys.stderr)
             return 2

@@ -22,9 +22,9 @@ TARGET_OVERHEAD = 0.10
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.soundscapes import write_soundscapes
-    from bird_infer.job import run_predict
-    from bird_infer.manifest import load_manifest
-    from bird_infer.pipeline import RunOptions, limit_native_threads
+    from bird_infer.contract.manifest import load_manifest
+    from bird_infer.jobs.predict import run_predict
+    from bird_infer.run.options import RunOptions, limit_native_threads
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=Path, default=ROOT / "models")
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {}
     from distributed import LocalCluster
 
-    from bird_infer.pipeline import available_cores
+    from bird_infer.runtime.machine import available_cores
 
     with (
         tempfile.TemporaryDirectory() as tmp,

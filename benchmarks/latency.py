@@ -13,7 +13,7 @@ In one run it measures, all on this machine:
   *default* (one process, torch's own threads, default memory format, ``inference_mode``, batch 16)
   and *best* (channels_last, one thread per process, one process per core, batch 1);
 - single-thread sgemm GFLOP/s and the model's GFLOP per chunk (counted by torch), for the fp32 floor;
-- for every BirdCLEF edition (``bird_infer.editions``), the projected minutes for its hidden test set
+- for every BirdCLEF edition (``bird_infer.kaggle.editions``), the projected minutes for its hidden test set
   against its limit, from the chunks per second measured here;
 - an AVX2 bound: one fold in OpenVINO's fp32 CPU plugin, once as it is and once limited to AVX2
   (``ONEDNN_MAX_CPU_ISA=AVX2``, each in a fresh process); the ratio scales every projection to what an
@@ -80,20 +80,40 @@ def sgemm_gflops() -> float:
     return float(out.stdout.strip())
 
 
-def _model_only(models: str, feats: np.ndarray, session, repeats: int, barrier=None) -> float:
-    """Seconds for ``repeats`` passes of every fold over ``feats`` in this process (after one warm-up). With a
-    barrier, every worker starts timing together, once all have built their sessions."""
-    from bird_infer.ensemble import FoldEnsemble
-    from bird_infer.manifest import load_manifest
+def bundle_inputs(manifest, path: Path, n: int) -> list[np.ndarray]:
+    """Each member's model inputs (log-mel, or waveform windows) for the first ``n`` rows of ``path``."""
+    from bird_infer.audio.decode import RowReader, WindowSpec
+    from bird_infer.audio.logmel import LogMelFrontend
+
+    specs = [WindowSpec.of(m.audio) for m in manifest.members]
+    _first, windows = next(iter(RowReader(path, specs, manifest.row_s, n)))
+    return [
+        windows[spec] if m.frontend is None else LogMelFrontend(m.frontend, m.audio.sample_rate)(windows[spec])
+        for spec, m in zip(specs, manifest.members, strict=True)
+    ]
+
+
+def lead_member(manifest) -> int:
+    """The member the per-fold figures are about: the first with a log-mel front-end (the b0 folds), else 0."""
+    return next((i for i, m in enumerate(manifest.members) if m.frontend is not None), 0)
+
+
+def _model_only(models: str, inputs: list[np.ndarray], session, repeats: int, barrier=None) -> float:
+    """Seconds for ``repeats`` passes of every fold of every member over its ``inputs`` in this process (after one
+    warm-up). With a barrier, every worker starts timing together, once all have built their sessions."""
+    from bird_infer.contract.manifest import load_manifest
+    from bird_infer.runtime.ensemble import BundleModel
 
     batch_size = session.batch_size
-    ens = FoldEnsemble(load_manifest(models, verify=False), session)
-    ens.fold_outputs(feats[:batch_size])
+    bundle = BundleModel(load_manifest(models, verify=False), session)
+    for member, x in zip(bundle.members, inputs, strict=True):
+        member.fold_outputs(x[:batch_size])
     if barrier is not None:
         barrier.wait()
     t0 = time.perf_counter()
     for _ in range(repeats):
-        ens.fold_outputs(feats)
+        for member, x in zip(bundle.members, inputs, strict=True):
+            member.fold_outputs(x)
     return time.perf_counter() - t0
 
 
@@ -104,9 +124,9 @@ def nfnet_fold(config_path: str, folder: Path, backbone: str = "eca_nfnet_l0") -
 
     import torch
 
-    from bird_infer.export import CLIPWISE_NAME, INPUT_NAME, SEGMENTWISE_NAME, _export_raw, optimize_portable
+    from bird_infer.contract.training_config import load_training_config
+    from bird_infer.export import CLIPWISE_NAME, INPUT_NAME, SEGMENTWISE_NAME, export_raw, optimize_portable
     from bird_infer.nn.sed import build_model
-    from bird_infer.training_config import load_training_config
 
     config = load_training_config(config_path)
     torch.manual_seed(0)
@@ -116,7 +136,7 @@ def nfnet_fold(config_path: str, folder: Path, backbone: str = "eca_nfnet_l0") -
     frames = config.frontend.n_frames(config.audio.chunk_samples)
     raw, out = folder / f"{backbone}_raw.onnx", folder / f"{backbone}.onnx"
     with torch.no_grad():
-        _export_raw(
+        export_raw(
             model, torch.randn(2, config.frontend.n_mels, frames), raw, INPUT_NAME, [CLIPWISE_NAME, SEGMENTWISE_NAME]
         )
     optimize_portable(raw, out)
@@ -134,14 +154,15 @@ def mixed_ensemble(
 ) -> dict:
     """5 b0 folds (the pipeline as measured, in the run's mode) plus k eca_nfnet_l0 folds in the same mode: how
     many fit each edition's limit, and what 5 b0 + 1 and + 2 nfnet project to."""
-    from bird_infer.editions import EDITIONS
+    from bird_infer.kaggle.editions import EDITIONS
 
     mode = (session.backend, session.precision)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         path = nfnet_fold(args.config, Path(tmp))
         export_s = time.perf_counter() - t0
-        b0_ms = fold_ms_in_mode(str(manifest.fold_path(manifest.folds[0])), feats[:8], "onnxruntime", "fp32")
+        lead = manifest.members[lead_member(manifest)]
+        b0_ms = fold_ms_in_mode(str(manifest.fold_path(lead.folds[0])), feats[:8], "onnxruntime", "fp32")
         nf_fp32_ms = fold_ms_in_mode(str(path), feats[:8], "onnxruntime", "fp32")
         nf_ms = fold_ms_in_mode(str(path), feats[:8], *mode) if mode[0] == "openvino" else nf_fp32_ms
     out = {
@@ -167,8 +188,9 @@ def mixed_ensemble(
 
 
 def _pool_ready(models: str, session) -> float:
-    from bird_infer.manifest import load_manifest
-    from bird_infer.pipeline import FilePredictor, RunOptions
+    from bird_infer.contract.manifest import load_manifest
+    from bird_infer.run.options import RunOptions
+    from bird_infer.run.predictor import FilePredictor
 
     FilePredictor(load_manifest(models, verify=False), RunOptions(session=session))
     return time.perf_counter()
@@ -177,8 +199,8 @@ def _pool_ready(models: str, session) -> float:
 def _torch_models(config_path: str, channels_last: bool):
     import torch
 
+    from bird_infer.contract.training_config import load_training_config
     from bird_infer.nn import TorchLogMel, build_model
-    from bird_infer.training_config import load_training_config
 
     cfg = load_training_config(config_path)
     fe = TorchLogMel(cfg.frontend, cfg.audio.sample_rate).eval()
@@ -215,12 +237,12 @@ def _torch_gflop_per_chunk(config_path: str) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from bird_infer.contract.training_config import load_training_config
     from bird_infer.nn import build_model
-    from bird_infer.training_config import load_training_config
 
     cfg = load_training_config(config_path)
     m = build_model(cfg.model, cfg.frontend.n_mels, len(cfg.labels)).eval()
-    x = torch.zeros(1, cfg.frontend.n_mels, 501)
+    x = torch.zeros(1, cfg.frontend.n_mels, cfg.frontend.n_frames(cfg.audio.chunk_samples))
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         m(x)
     return counter.get_total_flops() / 1e9
@@ -250,19 +272,10 @@ def ov_isa_child(args: argparse.Namespace) -> None:
     """Child: ms per chunk of one fold in OpenVINO fp32, one thread, with whatever ISA limit the env sets."""
     import openvino as ov
 
+    from bird_infer.runtime.sessions import openvino_config
+
     feats = np.load(args.ov_isa_child[1])
-    core = ov.Core()
-    compiled = core.compile_model(
-        args.ov_isa_child[0],
-        "CPU",
-        {
-            "INFERENCE_PRECISION_HINT": "f32",
-            "INFERENCE_NUM_THREADS": 1,
-            "NUM_STREAMS": 1,
-            "ENABLE_CPU_PINNING": False,
-            "PERFORMANCE_HINT": "LATENCY",
-        },
-    )
+    compiled = ov.Core().compile_model(args.ov_isa_child[0], "CPU", openvino_config(threads=1))
     for x in feats[:2]:
         compiled(x[None])
     times = []
@@ -303,7 +316,7 @@ def avx2_ratio(fold_path: str, feats: np.ndarray) -> dict:
 
 def edition_projections(startup_s: float, s_per_chunk: float, workers: int, avx2: float | None) -> list[dict]:
     """Projected minutes per BirdCLEF edition on this machine, on 4 cores (linear) and AVX2-bound."""
-    from bird_infer.editions import EDITIONS
+    from bird_infer.kaggle.editions import EDITIONS
 
     rows = []
     for e in EDITIONS:
@@ -343,27 +356,29 @@ def parallel(fn, workers: int, args_per_worker: list[tuple]) -> list:
 
 def run(args: argparse.Namespace) -> dict:
     from benchmarks.soundscapes import write_soundscapes
-    from bird_infer.audio import read_chunks
-    from bird_infer.ensemble import SessionSettings
-    from bird_infer.frontend import LogMelFrontend
-    from bird_infer.job import run_predict
-    from bird_infer.machine import cpu_info
-    from bird_infer.manifest import load_manifest
-    from bird_infer.pipeline import RunOptions, available_cores, limit_native_threads
+    from bird_infer.audio.decode import read_chunks
+    from bird_infer.contract.manifest import load_manifest
+    from bird_infer.jobs.predict import run_predict
+    from bird_infer.run.options import RunOptions, limit_native_threads
+    from bird_infer.runtime.machine import available_cores, cpu_info
+    from bird_infer.runtime.sessions import SessionSettings
 
     manifest = load_manifest(args.models)
     cores = available_cores()
     workers = args.workers or cores
     audio_dir = Path(args.audio_dir or Path(tempfile.gettempdir()) / "bird_infer_bench_soundscapes")
     t0 = time.perf_counter()
-    paths = write_soundscapes(audio_dir, args.soundscapes, manifest.audio)
+    lead = manifest.members[lead_member(manifest)]
+    paths = write_soundscapes(audio_dir, args.soundscapes, lead.audio)
     print(f"{len(paths)} soundscapes in {audio_dir} ({time.perf_counter() - t0:.0f} s to prepare)", file=sys.stderr)
-    waves = read_chunks(paths[0], manifest.audio)[: max(args.model_chunks, args.torch_chunks)]
-    feats = LogMelFrontend(manifest.frontend, manifest.audio.sample_rate)(waves[: args.model_chunks])
+    waves = read_chunks(paths[0], lead.audio)[: max(args.model_chunks, args.torch_chunks)]
+    inputs = bundle_inputs(manifest, paths[0], args.model_chunks)
+    feats = inputs[lead_member(manifest)]  # the lead member's inputs: per-fold, ISA and mode figures
     result: dict = {
         "machine": {"cores": cores, "workers": workers, "cpu": cpu_info().line()},
         "models": str(args.models),
-        "folds": len(manifest.folds),
+        "members": [m.name for m in manifest.members],
+        "folds": manifest.n_folds,
         "batch_size": args.batch_size,
         "backend": f"{args.backend} {args.precision}",
     }
@@ -419,7 +434,7 @@ def run(args: argparse.Namespace) -> dict:
             "decode": ms(st.decode_s / chunks),
             "frontend": ms(st.frontend_s / chunks),
             "models": ms(st.model_s / chunks),
-            "models_per_fold": ms(st.model_s / chunks / len(manifest.folds)),
+            "models_per_fold": ms(st.model_s / chunks / manifest.n_folds),
         },
         "write_s": round(summary.write_s, 3),
         "failed_files": summary.n_failed,
@@ -430,11 +445,12 @@ def run(args: argparse.Namespace) -> dict:
     repeats = max(1, args.model_repeats)
     with multiprocessing.get_context("spawn").Manager() as manager:
         barrier = manager.Barrier(workers)
-        elapsed = parallel(_model_only, workers, [(str(args.models), feats, session, repeats, barrier)] * workers)
-    model_only_cps = sum(repeats * len(feats) / e for e in elapsed)
+        elapsed = parallel(_model_only, workers, [(str(args.models), inputs, session, repeats, barrier)] * workers)
+    n_rows = len(inputs[0])
+    model_only_cps = sum(repeats * n_rows / e for e in elapsed)
     result["model_only"] = {
         "chunks_per_s": round(model_only_cps, 2),
-        "ms_per_chunk_per_fold_per_process": ms(np.median(elapsed) / repeats / len(feats) / len(manifest.folds)),
+        "ms_per_chunk_per_fold_per_process": ms(np.median(elapsed) / repeats / n_rows / manifest.n_folds),
         "workers_started_together": True,
     }
     result["overhead_vs_model_only"] = round(model_only_cps * steady_s_per_chunk - 1, 4)
@@ -462,7 +478,7 @@ def run(args: argparse.Namespace) -> dict:
         "safety_factor_required": SAFETY,
     }
     result["projected_min_this_machine"] = result["projection"]["projected_min_this_machine"]
-    result["avx2_bound"] = {} if args.no_isa else avx2_ratio(str(manifest.fold_path(manifest.folds[0])), feats)
+    result["avx2_bound"] = {} if args.no_isa else avx2_ratio(str(manifest.fold_path(lead.folds[0])), feats)
     ratio = result["avx2_bound"].get("ratio")
     # A measured ratio below 1 is noise (AVX2 is never faster here than the full ISA): the bound applies >= 1.
     if torch_ok and not args.no_nfnet:
@@ -499,7 +515,7 @@ def run(args: argparse.Namespace) -> dict:
         result["ort_matmul_gflops_1_thread_samples"] = [result["ort_matmul_gflops_1_thread"], again]
         result["ort_matmul_gflops_1_thread"] = max(result["ort_matmul_gflops_1_thread"], again)
         floor_ms = gflop / result["ort_matmul_gflops_1_thread"] * 1000
-        e2e = per_worker_ms / len(manifest.folds)
+        e2e = per_worker_ms / manifest.n_folds
         result["fp32_floor"] = {
             "gflop_per_chunk_per_fold": round(gflop, 3),
             "basis": "onnxruntime's own single-thread MatMul",
@@ -512,7 +528,7 @@ def run(args: argparse.Namespace) -> dict:
         result["end_to_end_ratio_to_floor"] = result["fp32_floor"]["end_to_end_ratio_to_floor"]
     if not args.no_modes:
         floor = result.get("fp32_floor", {}).get("floor_ms_per_chunk_per_fold")
-        result["modes"] = mode_table(manifest, feats[: min(len(feats), 12)], floor)
+        result["modes"] = mode_table(manifest, feats[: min(len(feats), 12)], floor, member=lead.name)
 
     result["targets"] = {
         name: {

@@ -53,7 +53,7 @@ def available_modes(manifest) -> list[tuple[str, str]]:
     """ONNX Runtime fp32 and the OpenVINO modes this machine and bundle offer."""
     import importlib.util
 
-    from bird_infer.machine import cpu_info
+    from bird_infer.runtime.machine import cpu_info
 
     modes = [("onnxruntime", "fp32")]
     if importlib.util.find_spec("openvino") is None:
@@ -66,17 +66,22 @@ def available_modes(manifest) -> list[tuple[str, str]]:
     return modes
 
 
-def mode_table(manifest, feats: np.ndarray, floor_ms: float | None, repeats: int = 3) -> list[dict]:
-    """Every mode on ``feats`` (n, n_mels, frames): ms per chunk per fold (median of ``repeats`` passes after a
-    warm-up), its ratio to the floor, and the ensemble's max |p - p_fp32|."""
-    from bird_infer.ensemble import FoldEnsemble, PrecisionRefusedError, SessionSettings
+def mode_table(
+    manifest, feats: np.ndarray, floor_ms: float | None, repeats: int = 3, member: str | None = None
+) -> list[dict]:
+    """Every mode on ``feats`` (n, n_mels, frames), the inputs of ``member`` (default: the only one): ms per chunk
+    per fold (median of ``repeats`` passes after a warm-up), its ratio to the floor, and that member's max
+    |p - p_fp32|."""
+    from bird_infer.contract.errors import PrecisionRefusedError
+    from bird_infer.runtime.ensemble import FoldEnsemble
+    from bird_infer.runtime.sessions import SessionSettings
 
     rows = []
     reference = None
     for backend, precision in available_modes(manifest):
         settings = SessionSettings(backend=backend, precision=precision)
         try:
-            ens = FoldEnsemble(manifest, settings)
+            ens = FoldEnsemble(manifest, settings, member)
         except PrecisionRefusedError as e:
             rows.append({"mode": f"{backend} {precision}", "skipped": str(e)})
             continue
@@ -102,7 +107,7 @@ def mode_table(manifest, feats: np.ndarray, floor_ms: float | None, repeats: int
 
 def fold_ms_in_mode(path: str, feats: np.ndarray, backend: str, precision: str, repeats: int = 3) -> float:
     """ms per chunk of one fold file (one thread, batch 1) in a mode; OpenVINO with the static shape."""
-    from bird_infer.ensemble import make_openvino_runner, make_session
+    from bird_infer.runtime.sessions import make_openvino_runner, make_session
 
     if backend == "openvino":
         run = make_openvino_runner(path, 1, precision, "clipwise", "logmel", (1, *feats.shape[1:]))

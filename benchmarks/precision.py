@@ -41,7 +41,7 @@ def median_ms(run, x: np.ndarray, repeats: int = 20) -> float:
 
 
 def ort_runner(path: Path):
-    from bird_infer.ensemble import make_session
+    from bird_infer.runtime.sessions import make_session
 
     sess = make_session(str(path), 1)
     name_in = sess.get_inputs()[0].name
@@ -53,24 +53,13 @@ def ort_runner(path: Path):
 
 
 def ov_runner(path: Path, precision: str):
-    import openvino as ov
+    """One fold in OpenVINO, compiled as inference compiles it (dynamic batch)."""
+    from bird_infer.runtime.sessions import make_openvino_runner
 
-    core = ov.Core()
-    compiled = core.compile_model(
-        str(path),
-        "CPU",
-        {
-            "INFERENCE_PRECISION_HINT": precision,
-            "INFERENCE_NUM_THREADS": 1,
-            "NUM_STREAMS": 1,
-            "ENABLE_CPU_PINNING": False,
-            "PERFORMANCE_HINT": "LATENCY",
-        },
-    )
-    out = compiled.output("clipwise")
+    runner = make_openvino_runner(str(path), 1, precision, "clipwise")
 
     def run(x: np.ndarray) -> np.ndarray:
-        return compiled(x)[out]
+        return runner("logmel", x)
 
     return run
 
@@ -114,15 +103,17 @@ def raw_exports(checkpoints: list[Path], config_path: Path, folder: Path) -> lis
     on the shipped, already fused files with contrib ops)."""
     import torch
 
-    from bird_infer.export import _export_raw, load_fold_checkpoint
-    from bird_infer.training_config import load_training_config
+    from bird_infer.contract.training_config import load_training_config
+    from bird_infer.export import CLIPWISE_NAME, INPUT_NAME, export_raw, load_fold_checkpoint
 
     config = load_training_config(config_path)
+    frames = config.frontend.n_frames(config.audio.chunk_samples)
     out = []
     for k, ckpt in enumerate(checkpoints):
         model = load_fold_checkpoint(ckpt, config)
         path = folder / f"fold{k}_raw.onnx"
-        _export_raw(model, torch.zeros(1, config.frontend.n_mels, 501), path)
+        with torch.no_grad():
+            export_raw(model, torch.zeros(1, config.frontend.n_mels, frames), path, INPUT_NAME, [CLIPWISE_NAME])
         out.append(path)
     return out
 
@@ -132,29 +123,35 @@ def ensemble(runs, x: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bird_infer.audio.logmel import LogMelFrontend
+    from bird_infer.contract.manifest import load_manifest
     from bird_infer.export import check_chunks_from_audio
-    from bird_infer.frontend import LogMelFrontend
-    from bird_infer.manifest import load_manifest
+    from bird_infer.runtime.precision import PRECISION_BOUND
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=Path, default=ROOT / "models")
+    p.add_argument("--member", help="the member to measure (default: the first with a log-mel front-end)")
     p.add_argument("--audio", type=Path, nargs="*", default=[SHARED_AUDIO])
     p.add_argument("--chunks", type=int, default=48, help="chunks: half to calibrate int8, half to judge")
-    p.add_argument("--bound", type=float, default=0.02, help="largest accepted |p - p_fp32| (default 0.02)")
+    p.add_argument(
+        "--bound", type=float, default=PRECISION_BOUND, help="largest accepted |p - p_fp32| (default %(default)s)"
+    )
     p.add_argument("--checkpoints", type=Path, nargs="*", help="the folds' torch checkpoints (for int8)")
     p.add_argument("--config", type=Path, help="their train_config.json (for int8)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
     m = load_manifest(args.models)
-    waves = check_chunks_from_audio(args.audio, m, max_chunks=args.chunks)
-    feats = LogMelFrontend(m.frontend, m.audio.sample_rate)(waves)
+    member = m.member(args.member) if args.member else next(x for x in m.members if x.frontend is not None)
+    waves = check_chunks_from_audio(args.audio, member.audio, max_chunks=args.chunks)
+    feats = LogMelFrontend(member.frontend, member.audio.sample_rate)(waves)
     calib, judge = feats[: len(feats) // 2], feats[len(feats) // 2 :]
-    paths = [m.fold_path(f) for f in m.folds]
+    paths = [m.fold_path(f) for f in member.folds]
     fp32 = [ort_runner(pth) for pth in paths]
     ref = ensemble(fp32, judge)
     result = {
         "models": str(args.models),
+        "member": member.name,
         "description": m.description[:80],
         "judge_chunks": len(judge),
         "bound": args.bound,
@@ -176,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
             caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
             result["openvino"] = {"version": ov.__version__, "cpu_capabilities": list(caps)}
-            variants["openvino_fp32"] = [ov_runner(pth, "f32") for pth in paths]
+            variants["openvino_fp32"] = [ov_runner(pth, "fp32") for pth in paths]
             if "BF16" in caps:
                 variants["openvino_bf16"] = [ov_runner(pth, "bf16") for pth in paths]
         except ImportError:

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from bird_infer.audio import find_audio_files, read_chunks
-from bird_infer.schema import AudioConfig
+from bird_infer.audio.decode import read_chunks
+from bird_infer.audio.files import find_audio_files
+from bird_infer.contract.schema import AudioConfig
 
 SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "audio"
 BLOCK_S = 10

@@ -18,6 +18,7 @@ Needs the ``[torch]`` extra. For each fold:
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -30,14 +31,14 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from bird_infer.audio import find_audio_files, iter_chunk_blocks
-from bird_infer.ensemble import make_session
-from bird_infer.errors import AudioDecodeError, ExportError
-from bird_infer.frontend import LogMelFrontend
-from bird_infer.manifest import write_manifest
-from bird_infer.modelfiles import sha256_file
-from bird_infer.nn.sed import build_model
-from bird_infer.schema import (
+from bird_infer.audio.decode import iter_chunk_blocks
+from bird_infer.audio.files import find_audio_files
+from bird_infer.audio.logmel import LogMelFrontend
+from bird_infer.contract.errors import AudioDecodeError, ExportError
+from bird_infer.contract.files import sha256_file
+from bird_infer.contract.manifest import load_manifest, write_manifest
+from bird_infer.contract.parse import check_labels
+from bird_infer.contract.schema import (
     AudioConfig,
     EnsembleConfig,
     FoldSpec,
@@ -47,7 +48,9 @@ from bird_infer.schema import (
     ModelConfig,
     TensorSpec,
 )
-from bird_infer.training_config import TrainingConfig
+from bird_infer.contract.training_config import TrainingConfig
+from bird_infer.nn.sed import build_model
+from bird_infer.runtime.sessions import make_session
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +85,6 @@ class ExportResult:
 def model_factory(spec: str):
     """``package.module:function`` -> the function, which takes the training config and returns an
     ``nn.Module`` (for models that are not bird_infer's SED class)."""
-    import importlib
-
     module_name, _, attr = spec.partition(":")
     try:
         fn = getattr(importlib.import_module(module_name), attr)
@@ -124,15 +125,16 @@ def load_fold_checkpoint(path: str | Path, config: TrainingConfig, factory=None)
     return model.eval()
 
 
-def check_chunks_from_audio(paths: Sequence[str | Path], config: TrainingConfig, max_chunks: int = 16) -> np.ndarray:
-    """Up to ``max_chunks`` waveform chunks (n, chunk_samples) taken round-robin from the files under ``paths``."""
+def check_chunks_from_audio(paths: Sequence[str | Path], audio: AudioConfig, max_chunks: int = 16) -> np.ndarray:
+    """Up to ``max_chunks`` waveform chunks (n, chunk_samples) at ``audio``'s rate and window, taken round-robin
+    from the files under ``paths``."""
     files = [f for p in paths for f in find_audio_files(p)]
     per_file: list[np.ndarray] = []
     for f in files:
         if len(per_file) >= max_chunks:  # round-robin takes depth 0 of the first max_chunks files only
             break
         try:  # the first block holds every chunk the round-robin can take from this file
-            per_file.append(next(iter_chunk_blocks(f, config.audio, block_chunks=max_chunks)))
+            per_file.append(next(iter_chunk_blocks(f, audio, block_chunks=max_chunks)))
         except AudioDecodeError as e:
             log.warning("skipping check audio %s: %s", f, e)
     picked: list[np.ndarray] = []
@@ -158,7 +160,9 @@ def synthetic_check_chunks(config: TrainingConfig, n: int = 8, seed: int = 0) ->
     return np.asarray(out, dtype=np.float32)
 
 
-def _export_raw(model: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_names: list[str]) -> None:
+def export_raw(model: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_names: list[str]) -> None:
+    """``torch.onnx.export`` of ``model`` (TorchScript exporter, opset :data:`OPSET`) with a dynamic batch axis on
+    the input and every output; not yet optimised or checked (:func:`export_member` does both)."""
     axes = {name: {0: "batch"} for name in [input_name, *output_names]}
     torch.onnx.export(
         model,
@@ -235,8 +239,6 @@ def export_member(
     must reproduce to within ``tolerance`` on its clip-wise output. With ``add_to`` the member joins the
     bundle already in ``out_dir`` (its labels are added to the bundle's); otherwise a new bundle is written.
     """
-    from bird_infer.manifest import check_labels, load_manifest
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = check_labels(list(labels), "member labels")
@@ -273,7 +275,7 @@ def export_member(
         out_path = out_dir / f"{fold_name}.onnx"
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "raw.onnx"
-            _export_raw(model, x_t[:2], raw, input_name, outputs)
+            export_raw(model, x_t[:2], raw, input_name, outputs)
             optimize_portable(raw, out_path)
         sess = make_session(str(out_path))
         clip_onnx = np.concatenate(

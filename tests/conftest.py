@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bird_infer.training_config import TrainingConfig, load_training_config
+from bird_infer.contract.training_config import TrainingConfig, load_training_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_AUDIO = ROOT.parent / "shared" / "data" / "audio"
@@ -52,7 +52,7 @@ def real_chunks(reference_config: TrainingConfig) -> np.ndarray:
     """Up to 24 real 5-s chunks at 32 kHz from the shared recordings (skips if absent)."""
     from bird_infer.export import check_chunks_from_audio
 
-    return check_chunks_from_audio([real_audio_dir()], reference_config, max_chunks=24)
+    return check_chunks_from_audio([real_audio_dir()], reference_config.audio, max_chunks=24)
 
 
 def synthetic_chunks(sample_rate: int = 32000, clip_s: float = 5.0, n: int = 16, seed: int = 0) -> np.ndarray:
@@ -93,8 +93,8 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_config: TrainingC
     pytest.importorskip("timm")
     import torch
 
+    from bird_infer.audio.logmel import LogMelFrontend
     from bird_infer.export import export_folds
-    from bird_infer.frontend import LogMelFrontend
     from bird_infer.nn.sed import build_model, recalibrate_batchnorm
 
     feats = torch.from_numpy(LogMelFrontend(tiny_config.frontend, tiny_config.audio.sample_rate)(check_chunks))
@@ -130,3 +130,20 @@ def set_labels(data: dict, labels: list) -> None:
 def write_json(path: Path, data: dict) -> Path:
     path.write_text(json.dumps(data), encoding="utf-8")
     return path
+
+
+def with_second_member(manifest, folder: Path, weight: float = 0.5) -> Path:
+    """A copy of a one-member bundle in ``folder`` with a second member: the same folds under new file names,
+    weight ``weight``. A genuine two-member bundle (members, drop order, fold names ``member/fold``) from the
+    tiny test models."""
+    import shutil
+
+    shutil.copytree(manifest.root, folder)
+    data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    second = json.loads(json.dumps(data["members"][0]))
+    second["name"], second["weight"] = "second", weight
+    for fold in second["folds"]:
+        shutil.copy2(folder / fold["file"], folder / f"second_{fold['file']}")
+        fold["file"] = f"second_{fold['file']}"
+    data["members"].append(second)
+    return write_json(folder / "manifest.json", data).parent

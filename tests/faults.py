@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bird_infer.pipeline import FilePredictor, FileResult, StageTimes
+from bird_infer.run.outcomes import FileResult, StageTimes
+from bird_infer.run.predictor import FilePredictor
 
 
 class NanSession:

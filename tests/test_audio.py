@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bird_infer.audio import find_audio_files, iter_chunk_blocks, n_chunks_for, read_chunks
-from bird_infer.manifest import AudioConfig
+from bird_infer.audio.decode import iter_chunk_blocks, n_chunks_for, read_chunks
+from bird_infer.audio.files import find_audio_files
+from bird_infer.contract.schema import AudioConfig
 
 AUDIO = AudioConfig(sample_rate=32000, clip_s=5.0)
 

@@ -6,10 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bird_infer.ensemble import FoldEnsemble, PrecisionRefusedError, SessionSettings
-from bird_infer.frontend import LogMelFrontend
-from bird_infer.job import run_predict
-from bird_infer.pipeline import RunOptions
+from bird_infer.audio.logmel import LogMelFrontend
+from bird_infer.contract.errors import PrecisionRefusedError
+from bird_infer.jobs.predict import run_predict
+from bird_infer.run.options import RunOptions
+from bird_infer.runtime.ensemble import FoldEnsemble
+from bird_infer.runtime.sessions import SessionSettings
 from tests.conftest import ROOT
 
 ov = pytest.importorskip("openvino")
@@ -17,7 +19,7 @@ ov = pytest.importorskip("openvino")
 
 def test_openvino_fp32_matches_onnxruntime(tiny_bundle, check_chunks) -> None:
     manifest, _, _ = tiny_bundle
-    feats = LogMelFrontend(manifest.frontend, manifest.audio.sample_rate)(check_chunks[:8])
+    feats = LogMelFrontend(manifest.member().frontend, manifest.member().audio.sample_rate)(check_chunks[:8])
     ref = FoldEnsemble(manifest).fold_outputs(feats)
     got = FoldEnsemble(manifest, SessionSettings(backend="openvino")).fold_outputs(feats)
     print(f"openvino fp32 vs onnxruntime: max |diff| = {np.abs(got - ref).max():.3g}")
@@ -25,14 +27,14 @@ def test_openvino_fp32_matches_onnxruntime(tiny_bundle, check_chunks) -> None:
 
 
 def test_onnxruntime_has_no_bf16() -> None:
-    from bird_infer.manifest import load_manifest
+    from bird_infer.contract.manifest import load_manifest
 
     with pytest.raises(PrecisionRefusedError):
         FoldEnsemble(load_manifest(ROOT / "models", verify=False), SessionSettings(precision="bf16"))
 
 
 def test_guard_refuses_beyond_its_bound_and_runs_fp32(tmp_path) -> None:
-    from bird_infer.example import write_example
+    from bird_infer.tools.example import write_example
 
     audio = write_example(tmp_path / "audio").parent
     fp32 = run_predict(audio, ROOT / "models", tmp_path / "fp32.csv", options=RunOptions(workers=1))

@@ -18,11 +18,12 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from bird_infer.audio import read_chunks
+from bird_infer.audio.decode import read_chunks
 from bird_infer.cli import main as cli_main
-from bird_infer.job import run_predict
-from bird_infer.pipeline import RunOptions
-from bird_infer.report import FALLBACK_PROB, report_path
+from bird_infer.contract.schema import FALLBACK_PROB
+from bird_infer.jobs.predict import run_predict
+from bird_infer.outputs.report import report_path
+from bird_infer.run.options import RunOptions
 from tests.conftest import ROOT, member0, predict_cli, set_labels
 
 SR = 32000
@@ -242,7 +243,7 @@ def test_sample_formats_and_rates_decode_to_the_same_sound(tmp_path, tiny_bundle
     for fmt, subtype in SUBTYPES:
         path = audio / f"fmt_{fmt}_{subtype}.{fmt.lower()}"
         sf.write(path, ref, SR, format=fmt, subtype=subtype)
-        got = read_chunks(path, manifest.audio).reshape(-1)[: ref.size]
+        got = read_chunks(path, manifest.member().audio).reshape(-1)[: ref.size]
         step = 2.0 ** (1 - bits[subtype])  # one quantisation step of full scale
         err = float(np.abs(got - ref).max())
         print(f"{path.name}: max |decoded - written| = {err:.3g} (step {step:.3g})")
@@ -254,7 +255,7 @@ def test_sample_formats_and_rates_decode_to_the_same_sound(tmp_path, tiny_bundle
         path = audio / f"rate_{sr}.wav"
         n = round(seconds * sr)
         sf.write(path, 0.4 * np.sin(2 * np.pi * freq * np.arange(n) / sr), sr, subtype="PCM_16")
-        got = read_chunks(path, manifest.audio).reshape(-1)[: pure.size]
+        got = read_chunks(path, manifest.member().audio).reshape(-1)[: pure.size]
         err = float(np.abs(got - pure)[edge:-edge].max())
         print(f"{path.name}: max |resampled - tone at 32 kHz| = {err:.3g} away from the edges")
         assert err < 2e-4, path.name
@@ -270,8 +271,9 @@ def test_sample_formats_and_rates_decode_to_the_same_sound(tmp_path, tiny_bundle
 PEAK_RSS_SCRIPT = """
 import re, sys
 from pathlib import Path
-from bird_infer.manifest import load_manifest
-from bird_infer.pipeline import FilePredictor, RunOptions
+from bird_infer.contract.manifest import load_manifest
+from bird_infer.run.options import RunOptions
+from bird_infer.run.predictor import FilePredictor
 def peak_kib():
     return int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
 predictor = FilePredictor(load_manifest(sys.argv[1]), RunOptions())
@@ -368,7 +370,7 @@ def test_model_problems_fail_before_any_audio_is_read(tmp_path, tiny_bundle) -> 
 
 
 def test_rows_for_unreadable_headers_follow_the_other_files() -> None:
-    from bird_infer.job import fallback_rows
+    from bird_infer.run.plan import fallback_rows
 
     assert fallback_rows([120, None, 120, 7]) == [120, 120, 120, 7]
     assert fallback_rows([None, None]) == [1, 1]
@@ -376,7 +378,7 @@ def test_rows_for_unreadable_headers_follow_the_other_files() -> None:
 
 
 def test_duplicate_stems_are_made_unique() -> None:
-    from bird_infer.submission import unique_stems
+    from bird_infer.outputs.names import unique_stems
 
     root = Path("/data")
     paths = [root / "a.wav", root / "x" / "a.wav", root / "b.flac", root / "b.wav", root / "c" / "d" / "e.ogg"]

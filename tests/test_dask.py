@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from bird_infer.job import run_predict
-from bird_infer.pipeline import RunOptions
-from bird_infer.report import FALLBACK_PROB, report_path
+from bird_infer.contract.schema import FALLBACK_PROB
+from bird_infer.jobs.predict import run_predict
+from bird_infer.outputs.report import report_path
+from bird_infer.run.options import RunOptions
 from tests.conftest import synthetic_chunks
 from tests.faults import FaultyPredictor
 
@@ -102,6 +103,7 @@ def test_dask_is_never_imported_without_the_engine(tmp_path) -> None:
 
     from tests.conftest import ROOT
 
-    code = "import sys, bird_infer, bird_infer.job, bird_infer.scheduler; print('dask' in sys.modules)"
+    modules = "bird_infer.jobs.predict, bird_infer.jobs.detect, bird_infer.run.engine"
+    code = f"import sys, {modules}; print('dask' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"

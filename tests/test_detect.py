@@ -18,23 +18,31 @@ import pytest
 import soundfile as sf
 
 from bird_infer.cli import DEFAULT_MODELS
-from bird_infer.detect import DetectSettings, output_names, run_detect
-from bird_infer.job import run_predict
-from bird_infer.manifest import load_manifest
-from bird_infer.pipeline import RunOptions
-from bird_infer.progress import Progress, ProgressDisplay
-from bird_infer.runrecord import DONE_LOG, ResumeRefusedError
-from bird_infer.tables import (
-    CSV_HEADER,
-    KALEIDOSCOPE_HEADER,
-    RAVEN_HEADER,
-    combine_raven,
+from bird_infer.contract.errors import ResumeRefusedError
+from bird_infer.contract.manifest import load_manifest
+from bird_infer.jobs.detect import DetectSettings, run_detect
+from bird_infer.jobs.predict import run_predict
+from bird_infer.outputs.names import output_names
+from bird_infer.outputs.runrecord import DONE_LOG
+from bird_infer.outputs.tables import (
+    CSV_COLUMNS,
+    KALEIDOSCOPE_COLUMNS,
+    RAVEN_COLUMNS,
+    FileDetections,
+    TableStyle,
+    combined_rows,
     detections,
-    raven_table,
+    render,
+    table_rows,
 )
+from bird_infer.run.options import RunOptions
+from bird_infer.run.progress import Progress, ProgressDisplay
 from tests.conftest import ROOT, real_audio_dir, synthetic_chunks
 
 MIN_CONF = 0.05
+RAVEN_HEADER = "\t".join(RAVEN_COLUMNS) + "\n"
+CSV_HEADER = ",".join(CSV_COLUMNS) + "\n"
+KALEIDOSCOPE_HEADER = ",".join(KALEIDOSCOPE_COLUMNS) + "\n"
 ALL = ("table", "csv", "audacity", "kaleidoscope", "probs")
 
 
@@ -154,14 +162,15 @@ def test_combined_table_runs_on_across_files(field_run) -> None:
 
 
 def test_nocall_rows_and_combined_offsets_by_hand() -> None:
-    empty = raven_table([], "a.wav", (20.0, 14000.0), {}, 5.0)
-    assert empty.splitlines()[1].split("\t") == [
+    empty = FileDetections("a.wav", 7.5, ())
+    text = render("table", table_rows("table", empty, TableStyle((20.0, 14000.0), {}, 5.0)))
+    assert text.splitlines()[1].split("\t") == [
         "1", "Spectrogram 1", "1", "0.00", "5.00", "20.0", "14000.0", "nocall", "nocall", "1.0", "a.wav", "0",
     ]  # fmt: skip
     probs = np.array([[0.1, 0.9], [0.6, 0.2]], np.float32)
-    dets = detections(probs, ["x", "y"], 5.0, 0.5)
-    b = raven_table(dets, "b.wav", (0.0, 8000.0), {}, 5.0)
-    combined = combine_raven([(empty, 7.5), (b, 10.0)]).splitlines()[1:]
+    b = FileDetections("b.wav", 10.0, tuple(detections(probs, ["x", "y"], 5.0, 0.5)))
+    combined = render("table", combined_rows("table", [empty, b], TableStyle((0.0, 8000.0), {}, 5.0)))
+    combined = combined.splitlines()[1:]
     assert [c.split("\t")[:5] + c.split("\t")[8:9] + c.split("\t")[11:] for c in combined] == [
         ["1", "Spectrogram 1", "1", "7.50", "12.50", "y", "0.00"],
         ["2", "Spectrogram 1", "1", "12.50", "17.50", "x", "5.00"],
@@ -211,8 +220,8 @@ def _write_field_folder(folder: Path, n: int) -> list[Path]:
 RESUME_SCRIPT = """
 import sys
 from pathlib import Path
-from bird_infer.detect import DetectSettings, run_detect
-from bird_infer.pipeline import RunOptions
+from bird_infer.jobs.detect import DetectSettings, run_detect
+from bird_infer.run.options import RunOptions
 from tests.faults import CountingPredictor
 settings = DetectSettings(rtypes=("table", "csv", "audacity", "kaleidoscope", "probs"), min_conf=0.05, combine=True)
 run_detect(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), settings,
@@ -324,7 +333,7 @@ def test_plot_png_size_and_heatmap_rows(tmp_path) -> None:
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread
 
-    from bird_infer.plot import HEIGHT_PX, WIDTH_PX
+    from bird_infer.outputs.plot import HEIGHT_PX, WIDTH_PX
 
     audio = tmp_path / "audio"
     (wav,) = _write_field_folder(audio, 1)
@@ -344,8 +353,8 @@ def test_plot_png_size_and_heatmap_rows(tmp_path) -> None:
     assert imread(png).shape[:2] == (HEIGHT_PX, WIDTH_PX)
     assert f"top labels {', '.join(want)}" in r.stdout
 
-    from bird_infer.pipeline import FilePredictor
-    from bird_infer.plot import plot_file
+    from bird_infer.outputs.plot import plot_file
+    from bird_infer.run.predictor import FilePredictor
 
     manifest = load_manifest(DEFAULT_MODELS)
     probs = FilePredictor(manifest, RunOptions()).predict_file(wav).probs
@@ -368,7 +377,7 @@ def test_progress_bar_on_a_terminal_and_lines_elsewhere(caplog) -> None:
     assert tty.getvalue().endswith("\n")
     plain = io.StringIO()
     show = ProgressDisplay(Progress(n_files=2, total_chunks=2), plain)
-    with caplog.at_level("INFO", logger="bird_infer.progress"):
+    with caplog.at_level("INFO", logger="bird_infer.run.progress"):
         show.progress.update(1)
         show.update()
     assert plain.getvalue() == "" and "[1/2 files]" in caplog.text

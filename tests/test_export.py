@@ -8,12 +8,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from bird_infer.ensemble import make_session  # noqa: E402
-from bird_infer.errors import ExportError  # noqa: E402
+from bird_infer.audio.logmel import LogMelFrontend  # noqa: E402
+from bird_infer.contract.errors import ExportError  # noqa: E402
+from bird_infer.contract.manifest import load_manifest  # noqa: E402
 from bird_infer.export import export_folds, non_portable_nodes  # noqa: E402
-from bird_infer.frontend import LogMelFrontend  # noqa: E402
-from bird_infer.manifest import load_manifest  # noqa: E402
 from bird_infer.nn.frontend import TorchLogMel  # noqa: E402
+from bird_infer.runtime.sessions import make_session  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -26,7 +26,7 @@ def spread(probs: np.ndarray) -> float:
 def test_every_exported_fold_matches_torch_on_real_audio(tiny_bundle, tiny_config, real_chunks) -> None:
     manifest, models, result = tiny_bundle
     feats = LogMelFrontend(tiny_config.frontend, tiny_config.audio.sample_rate)(real_chunks)
-    for fold, model in zip(manifest.folds, models, strict=True):
+    for fold, model in zip(manifest.member().folds, models, strict=True):
         with torch.no_grad():
             expected = model(torch.from_numpy(feats))[0].numpy()
         sess = make_session(str(manifest.fold_path(fold)))
@@ -41,7 +41,7 @@ def test_every_exported_fold_matches_torch_on_real_audio(tiny_bundle, tiny_confi
 def test_batch_axis_is_dynamic(tiny_bundle, tiny_config, check_chunks) -> None:
     manifest, _, _ = tiny_bundle
     feats = LogMelFrontend(tiny_config.frontend, tiny_config.audio.sample_rate)(check_chunks[:7])
-    sess = make_session(str(manifest.fold_path(manifest.folds[0])))
+    sess = make_session(str(manifest.fold_path(manifest.member().folds[0])))
     one_by_one = np.concatenate([sess.run(["clipwise"], {"logmel": feats[i : i + 1]})[0] for i in range(7)])
     np.testing.assert_allclose(sess.run(["clipwise"], {"logmel": feats})[0], one_by_one, atol=1e-5)
 
@@ -61,7 +61,7 @@ def test_either_front_end_gives_the_same_outputs(tiny_bundle, tiny_config, check
 
 def test_saved_models_hold_no_cpu_specific_layout(tiny_bundle) -> None:
     manifest, _, _ = tiny_bundle
-    for fold in manifest.folds:
+    for fold in manifest.member().folds:
         assert non_portable_nodes(manifest.fold_path(fold)) == []
 
 
@@ -109,7 +109,7 @@ def test_cli_export_from_checkpoints(tmp_path, tiny_bundle, tiny_config) -> None
     )
     assert rc == 0
     m = load_manifest(out)
-    assert [f.name for f in m.folds] == ["fold0", "fold1"] and m.model.backbone == "test_efficientnet"
+    assert [f.name for f in m.member().folds] == ["fold0", "fold1"] and m.member().model.backbone == "test_efficientnet"
 
 
 def test_checkpoint_that_does_not_fit_is_refused(tmp_path, tiny_config) -> None:

@@ -9,11 +9,14 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from bird_infer.deadline import Deadline, DeadlineGuard
-from bird_infer.job import run_predict
-from bird_infer.pipeline import FileFailure, FileResult, RunOptions
-from bird_infer.report import FALLBACK_PROB, report_path
-from bird_infer.scheduler import TIME_LIMIT, WORKER_DIED, predict_files
+from bird_infer.contract.schema import FALLBACK_PROB
+from bird_infer.jobs.predict import run_predict
+from bird_infer.outputs.report import report_path
+from bird_infer.run.book import TIME_LIMIT, WORKER_DIED
+from bird_infer.run.deadline import Deadline, DeadlineGuard
+from bird_infer.run.engine import predict_files
+from bird_infer.run.options import RunOptions
+from bird_infer.run.outcomes import FileFailure, FileResult
 from tests.faults import FaultyPredictor, SlowPredictor
 
 SR = 32000
@@ -48,7 +51,7 @@ def test_faults_are_retried_once_and_reported(tmp_path, tiny_bundle) -> None:
     paths = write_tones(tmp_path / "audio", NAMES)
     clean = predict_files(paths, manifest, RunOptions(workers=2))
     assert all(isinstance(r, FileResult) for r in clean)
-    from bird_infer.pipeline import FilePredictor
+    from bird_infer.run.predictor import FilePredictor
 
     fold0 = FilePredictor(manifest, RunOptions()).predict_file(paths[NAMES.index("nan_fold.wav")], n_folds=1)
     faulty = RunOptions(workers=2, predictor_factory=FaultyPredictor)

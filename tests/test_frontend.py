@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bird_infer.frontend import LogMelFrontend, mel_filterbank
-from bird_infer.training_config import TrainingConfig
+from bird_infer.audio.logmel import LogMelFrontend, mel_filterbank
+from bird_infer.contract.training_config import TrainingConfig
 
 DB_TOLERANCE = 5e-3  # dB; float32 FFT rounding alone is ~1e-3 dB
 

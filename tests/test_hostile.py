@@ -22,14 +22,19 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from bird_infer.errors import InvalidFieldError, ModelCheckError, OutputError, SubmissionFormatError
-from bird_infer.job import run_predict
-from bird_infer.manifest import MANIFEST_NAME, load_manifest, sha256_file
-from bird_infer.pipeline import FileFailure, FileResult, RunOptions
-from bird_infer.report import report_path
-from bird_infer.scheduler import WORKER_HUNG, predict_files
-from bird_infer.submission import read_sample_columns, write_csv_atomic
-from bird_infer.training_config import training_config_from_dict
+from bird_infer.contract.errors import InvalidFieldError, ModelCheckError, OutputError, SubmissionFormatError
+from bird_infer.contract.files import sha256_file
+from bird_infer.contract.manifest import load_manifest
+from bird_infer.contract.sample import read_sample_columns
+from bird_infer.contract.schema import MANIFEST_NAME
+from bird_infer.contract.training_config import training_config_from_dict
+from bird_infer.jobs.predict import run_predict
+from bird_infer.outputs.atomic import write_csv_atomic
+from bird_infer.outputs.report import report_path
+from bird_infer.run.book import WORKER_HUNG
+from bird_infer.run.engine import predict_files
+from bird_infer.run.options import RunOptions
+from bird_infer.run.outcomes import FileFailure, FileResult
 from tests.conftest import ROOT, member0, predict_cli, set_labels
 from tests.faults import FaultyPredictor
 
@@ -80,7 +85,7 @@ def test_bad_options_exit_2_before_any_work(tmp_path, tiny_bundle, audio_dir, op
 
 
 def test_library_options_are_validated_too() -> None:
-    from bird_infer.ensemble import SessionSettings
+    from bird_infer.runtime.sessions import SessionSettings
 
     with pytest.raises(ValueError, match="batch_size"):
         SessionSettings(batch_size=0)
@@ -166,7 +171,7 @@ def no_audio_may_be_read(monkeypatch) -> None:
     def refuse(*_a, **_k):
         raise AssertionError("audio was processed before the output check")
 
-    monkeypatch.setattr("bird_infer.job.predict_files", refuse)
+    monkeypatch.setattr("bird_infer.run.plan.stream_files", refuse)
 
 
 def test_output_problems_are_found_before_any_audio(tmp_path, tiny_bundle, audio_dir, monkeypatch) -> None:
@@ -178,7 +183,7 @@ def test_output_problems_are_found_before_any_audio(tmp_path, tiny_bundle, audio
     with pytest.raises(OutputError, match="cannot write in /proc"):
         run_predict(audio_dir, manifest.root, Path("/proc/bird_infer_test/sub.csv"))
     nearly_full = shutil.disk_usage(tmp_path)._replace(free=512)
-    monkeypatch.setattr("bird_infer.preflight.shutil.disk_usage", lambda _p: nearly_full)
+    monkeypatch.setattr("bird_infer.outputs.place.shutil.disk_usage", lambda _p: nearly_full)
     with pytest.raises(OutputError, match="MiB free"):
         run_predict(audio_dir, manifest.root, tmp_path / "full.csv")
     assert not (tmp_path / "full.csv").exists() and not list(tmp_path.glob(".*.tmp"))
@@ -192,7 +197,7 @@ def test_cli_says_where_the_output_cannot_go(tmp_path, tiny_bundle, audio_dir) -
 
 def test_a_write_failing_at_the_end_keeps_the_rows(tmp_path, tiny_bundle, audio_dir, monkeypatch) -> None:
     """The disk fills up while the audio is processed: the rows go to another place and the caller is told."""
-    from bird_infer import preflight
+    from bird_infer.outputs import place as preflight
 
     manifest, _, _ = tiny_bundle
     wanted = tmp_path / "out" / "sub.csv"
@@ -225,7 +230,7 @@ def test_a_label_named_row_id_is_refused(tmp_path, tiny_bundle) -> None:
 
 WRITER = """
 import sys, pandas as pd
-from bird_infer.submission import write_csv_atomic
+from bird_infer.outputs.atomic import write_csv_atomic
 df = pd.DataFrame({"row_id": [sys.argv[2]] * 20000, "p": [float(sys.argv[2])] * 20000})
 for _ in range(5):
     write_csv_atomic(df, sys.argv[1])
@@ -305,7 +310,7 @@ def test_missing_field_hints_need_no_source_code(tmp_path, tiny_bundle, monkeypa
     """Hints come from field metadata, not from reading the source (absent in some installs)."""
     import inspect
 
-    from bird_infer.errors import MissingFieldError
+    from bird_infer.contract.errors import MissingFieldError
 
     def no_source(_obj):
         raise OSError("no source")
@@ -359,8 +364,8 @@ def test_a_hung_worker_is_timed_out_and_its_file_reported(tmp_path, tiny_bundle)
 RUNNER = """
 import sys
 from pathlib import Path
-from bird_infer.job import run_predict
-from bird_infer.pipeline import RunOptions
+from bird_infer.jobs.predict import run_predict
+from bird_infer.run.options import RunOptions
 from tests.faults import FaultyPredictor
 run_predict(sys.argv[1], sys.argv[2], sys.argv[3], options=RunOptions(workers=2, predictor_factory=FaultyPredictor))
 """

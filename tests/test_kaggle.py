@@ -21,12 +21,13 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from bird_infer.editions import EDITIONS, STRICTEST_LIMIT_MIN, edition_for
-from bird_infer.job import run_predict
-from bird_infer.manifest import MANIFEST_NAME
-from bird_infer.metrics import macro_roc_auc, roc_auc
-from bird_infer.pipeline import RunOptions
-from tests.conftest import ROOT, set_labels
+from bird_infer.contract.manifest import load_manifest
+from bird_infer.contract.schema import MANIFEST_NAME
+from bird_infer.jobs.predict import run_predict
+from bird_infer.kaggle.editions import EDITIONS, STRICTEST_LIMIT_MIN, edition_for
+from bird_infer.outputs.metrics import macro_roc_auc, roc_auc
+from bird_infer.run.options import RunOptions
+from tests.conftest import ROOT, set_labels, with_second_member
 
 SR = 32000
 
@@ -215,17 +216,21 @@ KAGGLE_IMAGE = ["numpy", "pandas", "scipy", "soundfile", "ipykernel"]
 
 @pytest.mark.slow
 def test_offline_notebook_installs_from_the_bundle_and_writes_the_submission(tmp_path, tiny_bundle, monkeypatch):
-    """The README's three steps, for real: bird-infer bundle; a 2026-style input tree; kaggle_kernel.py pasted
-    into one cell of a Jupyter kernel whose Python has no onnxruntime and no bird_infer, pip's index off."""
+    """The README's three steps, for real: bird-infer bundle (of a two-member bundle); a 2026-style input tree;
+    kaggle_kernel.py pasted into one cell of a Jupyter kernel whose Python has no onnxruntime and no bird_infer,
+    pip's index off."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    from bird_infer.bundle import build_bundle, verify_checksums
+    from bird_infer.tools.bundle import build_bundle, verify_checksums
 
     manifest, _, _ = tiny_bundle
+    two = load_manifest(with_second_member(manifest, tmp_path / "two_members"))
+    assert [m.name for m in two.members] == ["default", "second"]
     kin = tmp_path / "input"
     bundle = kin / "datasets" / "someone" / "bird-infer-bundle"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    result = build_bundle(bundle, manifest.root, pythons=[version])
+    result = build_bundle(bundle, two.root, pythons=[version])
+    assert len(load_manifest(bundle / "models").members) == 2
     print(f"bundle: {result.size_bytes / 2**20:.1f} MiB, wheels: {', '.join(result.wheels)}")
     assert any(w.startswith("onnxruntime-") for w in result.wheels)
     assert verify_checksums(bundle) == []  # SHA256SUMS lists every file as written

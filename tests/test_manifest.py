@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bird_infer.errors import (
+from bird_infer.contract.errors import (
     ChecksumMismatchError,
     InvalidFieldError,
     LabelCountMismatchError,
@@ -16,7 +16,8 @@ from bird_infer.errors import (
     ModelFileMissingError,
     SchemaVersionError,
 )
-from bird_infer.manifest import MANIFEST_NAME, load_manifest
+from bird_infer.contract.manifest import load_manifest
+from bird_infer.contract.schema import MANIFEST_NAME
 from tests.conftest import member0, set_labels
 
 
@@ -37,8 +38,12 @@ def edit(bundle: Path, change) -> None:
 
 def test_valid_bundle_loads(bundle_copy: Path) -> None:
     m = load_manifest(bundle_copy)
-    assert len(m.labels) == 264 and len(m.folds) == 2 and m.n_frames == 501
-    assert m.frontend.top_db == 80.0 and m.audio.chunk_samples == 160000
+    assert (
+        len(m.labels) == 264
+        and len(m.member().folds) == 2
+        and m.member().frontend.n_frames(m.member().audio.chunk_samples) == 501
+    )
+    assert m.member().frontend.top_db == 80.0 and m.member().audio.chunk_samples == 160000
 
 
 def test_missing_model_file(bundle_copy: Path) -> None:
@@ -102,7 +107,7 @@ def test_front_end_that_does_not_fit_the_model(bundle_copy: Path) -> None:
 
 
 def test_manifest_round_trip(bundle_copy: Path) -> None:
-    from bird_infer.manifest import write_manifest
+    from bird_infer.contract.manifest import write_manifest
 
     m = load_manifest(bundle_copy)
     write_manifest(m, bundle_copy)

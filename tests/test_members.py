@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from bird_infer.errors import InvalidFieldError
-from bird_infer.job import run_predict
-from bird_infer.manifest import MANIFEST_NAME, load_manifest
-from bird_infer.pipeline import RunOptions
-from bird_infer.postprocess import postprocess, smooth_rows
-from bird_infer.schema import AudioConfig, PostProcess
+from bird_infer.contract.errors import InvalidFieldError
+from bird_infer.contract.manifest import load_manifest
+from bird_infer.contract.schema import MANIFEST_NAME, AudioConfig, PostProcess
+from bird_infer.jobs.predict import run_predict
+from bird_infer.run.options import RunOptions
+from bird_infer.run.postprocess import postprocess, smooth_rows
 from tests.conftest import member0, real_audio_dir, synthetic_chunks
 
 torch = pytest.importorskip("torch")
@@ -36,8 +36,8 @@ class WaveSED(nn.Module):
 
     def __init__(self, n_labels: int, sr: int = WAVE_SR, n_fft: int = 512, hop: int = 256, n_mels: int = 32) -> None:
         super().__init__()
-        from bird_infer.frontend import mel_filterbank
-        from bird_infer.schema import FrontendConfig
+        from bird_infer.audio.logmel import mel_filterbank
+        from bird_infer.contract.schema import FrontendConfig
 
         t = torch.arange(n_fft, dtype=torch.float64)
         k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
@@ -172,9 +172,9 @@ def test_two_members_equal_a_naive_torch_reference(tmp_path, two_member_bundle) 
 
 def test_each_front_end_runs_once_per_chunk_and_each_file_is_decoded_once(tmp_path, two_member_bundle, monkeypatch):
     """A third member sharing the first's front-end adds no front-end work; each file is opened once."""
-    from bird_infer import audio as audio_mod
+    from bird_infer.audio import decode as audio_mod
+    from bird_infer.audio.logmel import LogMelFrontend
     from bird_infer.export import export_member
-    from bird_infer.frontend import LogMelFrontend
 
     manifest, lm_models, _, _ = two_member_bundle
     folder = tmp_path / "three"
@@ -201,10 +201,10 @@ def test_each_front_end_runs_once_per_chunk_and_each_file_is_decoded_once(tmp_pa
         opened.append(Path(path).name)
         return real_open(path)
 
-    monkeypatch.setattr("bird_infer.job.check_models", lambda m: None)  # its check inputs would count too
+    monkeypatch.setattr("bird_infer.run.plan.check_models", lambda m: None)  # its check inputs would count too
     monkeypatch.setattr(LogMelFrontend, "__call__", counting_call)
     monkeypatch.setattr(audio_mod, "_open", counting_open)
-    monkeypatch.setattr("bird_infer.job.header_chunks", lambda paths, m: [None] * len(paths))
+    monkeypatch.setattr("bird_infer.run.plan.header_chunks", lambda paths, m: [None] * len(paths))
     summary = run_predict(audio, folder, tmp_path / "s.csv", options=RunOptions(in_process=True))
     rows = sum(math.ceil(s / 5) for s in lengths.values())
     assert summary.n_rows == rows == 18
@@ -250,7 +250,7 @@ def test_shipped_schema_1_bundle_loads_as_one_member() -> None:
 
     m = load_manifest(ROOT / "models", verify=False)
     assert m.schema_version == 1 and len(m.members) == 1 and m.row_s == 5.0
-    assert [f.name for f in m.folds] == [f"fold{i}" for i in range(5)]
+    assert [f.name for f in m.member().folds] == [f"fold{i}" for i in range(5)]
     assert m.fold_order() == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]  # fold4 dropped first, as before
 
 
@@ -330,7 +330,7 @@ def test_bad_member_manifests_have_their_own_message(tmp_path, two_member_bundle
 
 
 def test_export_refuses_a_clashing_member(tmp_path, two_member_bundle) -> None:
-    from bird_infer.errors import ExportError
+    from bird_infer.contract.errors import ExportError
     from bird_infer.export import export_member
 
     manifest, _, wave_models, wave_labels = two_member_bundle
@@ -342,7 +342,7 @@ def test_export_refuses_a_clashing_member(tmp_path, two_member_bundle) -> None:
 
 
 def test_deadline_guard_never_drops_a_member_whole() -> None:
-    from bird_infer.deadline import Deadline, DeadlineGuard
+    from bird_infer.run.deadline import Deadline, DeadlineGuard
 
     g = DeadlineGuard(Deadline(50), n_folds=7, total_chunks=12_000, workers=2, min_folds=2)
     for _ in range(10):

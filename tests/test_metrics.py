@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bird_infer.errors import SubmissionFormatError
-from bird_infer.metrics import average_precision, padded_cmap
+from bird_infer.contract.errors import SubmissionFormatError
+from bird_infer.outputs.metrics import average_precision, padded_cmap
 
 
 def competition_padded_cmap(solution: pd.DataFrame, submission: pd.DataFrame, padding_factor: int = 5) -> float:

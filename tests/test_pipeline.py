@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from bird_infer.audio import audio_info, read_chunks
-from bird_infer.ensemble import PROB_MAX, SessionSettings
-from bird_infer.errors import SubmissionFormatError
-from bird_infer.job import run_predict
-from bird_infer.pipeline import RunOptions
+from bird_infer.audio.decode import audio_info, read_chunks
+from bird_infer.contract.errors import SubmissionFormatError
+from bird_infer.contract.schema import PROB_MAX
+from bird_infer.jobs.predict import run_predict
+from bird_infer.run.options import RunOptions
+from bird_infer.runtime.sessions import SessionSettings
 from tests.conftest import predict_cli, real_audio_dir, synthetic_chunks
 
 TOLERANCE = 1e-4
@@ -30,11 +31,11 @@ def torch_reference(paths: list[Path], manifest, models) -> np.ndarray:
     torch = pytest.importorskip("torch")
     from bird_infer.nn.frontend import TorchLogMel
 
-    fe = TorchLogMel(manifest.frontend, manifest.audio.sample_rate)
+    fe = TorchLogMel(manifest.member().frontend, manifest.member().audio.sample_rate)
     rows = []
     with torch.no_grad():
         for p in paths:
-            feats = fe(torch.from_numpy(read_chunks(p, manifest.audio)))
+            feats = fe(torch.from_numpy(read_chunks(p, manifest.member().audio)))
             rows.append(torch.stack([m(feats)[0] for m in models]).mean(0).numpy())
     return np.clip(np.concatenate(rows), 0, PROB_MAX)
 
@@ -150,8 +151,8 @@ def test_sample_submission_with_other_labels_is_a_clear_error(tmp_path, tiny_bun
 
 
 def test_probabilities_stay_strictly_below_one(tmp_path) -> None:
-    from bird_infer.ensemble import clip_probabilities
-    from bird_infer.submission import build_submission, write_submission
+    from bird_infer.outputs.submission import build_submission, write_submission
+    from bird_infer.runtime.ensemble import clip_probabilities
 
     df = build_submission(
         ["a"], [clip_probabilities(np.array([[1.0, 0.9999999, -0.1]], np.float32))], ["x", "y", "z"], 5.0
@@ -162,7 +163,7 @@ def test_probabilities_stay_strictly_below_one(tmp_path) -> None:
 
 
 def test_rms_combine_rule() -> None:
-    from bird_infer.ensemble import combine_folds
+    from bird_infer.runtime.ensemble import combine_folds
 
     folds = np.array([[[0.1, 0.9]], [[0.3, 0.5]]], dtype=np.float32)
     np.testing.assert_allclose(combine_folds(folds, "mean"), [[0.2, 0.7]], rtol=1e-6)
@@ -194,18 +195,19 @@ def test_segment_max_output_rule(tmp_path, tiny_bundle, check_chunks) -> None:
     import shutil
 
     torch = pytest.importorskip("torch")
-    from bird_infer.ensemble import FoldEnsemble
-    from bird_infer.frontend import LogMelFrontend
-    from bird_infer.manifest import EnsembleConfig, load_manifest, write_manifest
+    from bird_infer.audio.logmel import LogMelFrontend
+    from bird_infer.contract.manifest import load_manifest, write_manifest
+    from bird_infer.contract.schema import EnsembleConfig
+    from bird_infer.runtime.ensemble import FoldEnsemble
 
     manifest, models, _ = tiny_bundle
     shutil.copytree(manifest.root, tmp_path / "b")
     rule = EnsembleConfig(combine="mean", output="segment_max")
     loaded = load_manifest(tmp_path / "b")
-    m = dataclasses.replace(loaded, members=(dataclasses.replace(loaded.single, ensemble=rule),))
+    m = dataclasses.replace(loaded, members=(dataclasses.replace(loaded.member(), ensemble=rule),))
     write_manifest(m, tmp_path / "b")
     m = load_manifest(tmp_path / "b")
-    feats = LogMelFrontend(m.frontend, m.audio.sample_rate)(check_chunks[:6])
+    feats = LogMelFrontend(m.member().frontend, m.member().audio.sample_rate)(check_chunks[:6])
     with torch.no_grad():
         expected = torch.stack([mod(torch.from_numpy(feats))[1].amax(dim=2) for mod in models]).mean(0).numpy()
     got = FoldEnsemble(m).predict(feats)
@@ -215,8 +217,8 @@ def test_segment_max_output_rule(tmp_path, tiny_bundle, check_chunks) -> None:
 @pytest.mark.parametrize("rate", [32000, 44100])
 def test_one_long_file_is_split_across_workers_with_identical_rows(tmp_path, tiny_bundle, rate) -> None:
     """Fewer files than cores: a long file's rows go to several workers and come back bit-identical."""
-    from bird_infer.scheduler import predict_files
-    from bird_infer.segments import Segment, plan_segments
+    from bird_infer.run.engine import predict_files
+    from bird_infer.run.segments import Segment, plan_segments
 
     manifest, _, _ = tiny_bundle
     waves = synthetic_chunks(sample_rate=rate, n=26, seed=11)  # 130 s: 26 rows, blocks of 12
@@ -243,8 +245,8 @@ def test_split_file_keeps_post_processing_and_claimed_rows(tmp_path, tiny_bundle
     import json
     import shutil
 
-    from bird_infer.manifest import load_manifest
-    from bird_infer.scheduler import predict_files
+    from bird_infer.contract.manifest import load_manifest
+    from bird_infer.run.engine import predict_files
 
     manifest, _, _ = tiny_bundle
     folder = tmp_path / "smooth"

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bird_infer.ensemble import FoldEnsemble, PrecisionRefusedError, SessionSettings
-from bird_infer.frontend import LogMelFrontend
-from bird_infer.machine import CpuInfo, cpu_info
-from bird_infer.manifest import load_manifest
-from bird_infer.pipeline import RunOptions
-from bird_infer.precision import auto_candidates, choose_precision
+from bird_infer.audio.logmel import LogMelFrontend
+from bird_infer.contract.errors import PrecisionRefusedError
+from bird_infer.contract.manifest import load_manifest
+from bird_infer.runtime.ensemble import FoldEnsemble
+from bird_infer.runtime.machine import CpuInfo, cpu_info
+from bird_infer.runtime.precision import auto_candidates, choose_precision
+from bird_infer.runtime.sessions import SessionSettings
 from tests.conftest import synthetic_chunks
 
 ov = pytest.importorskip("openvino")
@@ -48,17 +49,16 @@ def test_auto_picks_fp32_when_the_guard_refuses_or_the_cpu_lacks_bf16(tmp_path, 
     manifest, _, _ = tiny_bundle
     audio = _audio(tmp_path / "audio")
     paths = sorted(audio.glob("*.wav"))
-    auto = RunOptions(workers=1, session=SessionSettings(precision="auto"))
-    with caplog.at_level("INFO", logger="bird_infer.precision"):
-        options, note, trials = choose_precision(manifest, auto, paths, NO_BF16)
-    assert (options.session.backend, options.session.precision) == ("onnxruntime", "fp32")
+    auto = SessionSettings(precision="auto")
+    with caplog.at_level("INFO", logger="bird_infer.runtime.precision"):
+        session, note, trials = choose_precision(manifest, auto, paths, cpu=NO_BF16)
+    assert (session.backend, session.precision) == ("onnxruntime", "fp32")
     assert [t.name for t in trials] == ["onnxruntime fp32"]
     assert "precision: onnxruntime fp32 (auto" in caplog.text
-    strict = RunOptions(workers=1, session=SessionSettings(precision="auto"), precision_bound=0.0)
-    options, note, trials = choose_precision(manifest, strict, paths, WITH_BF16)
+    session, note, trials = choose_precision(manifest, auto, paths, bound=0.0, cpu=WITH_BF16)
     names = [t.name for t in trials]
     assert names == ["onnxruntime fp32", "openvino bf16"]
-    assert (options.session.backend, options.session.precision) == ("onnxruntime", "fp32")
+    assert (session.backend, session.precision) == ("onnxruntime", "fp32")
     bf16 = trials[1]
     assert bf16.refused is not None  # bf16 is never exactly fp32, or this CPU has none
     assert note.startswith("onnxruntime fp32 (auto")
@@ -66,7 +66,7 @@ def test_auto_picks_fp32_when_the_guard_refuses_or_the_cpu_lacks_bf16(tmp_path, 
 
 def test_static_and_dynamic_openvino_shapes_agree(tiny_bundle, check_chunks) -> None:
     manifest, _, _ = tiny_bundle
-    feats = LogMelFrontend(manifest.frontend, manifest.audio.sample_rate)(check_chunks[:5])
+    feats = LogMelFrontend(manifest.member().frontend, manifest.member().audio.sample_rate)(check_chunks[:5])
     outs = {}
     for static in (True, False):
         for batch in (1, 2):
@@ -80,44 +80,67 @@ def test_static_and_dynamic_openvino_shapes_agree(tiny_bundle, check_chunks) -> 
 
 def test_int8_from_the_tiny_bundle_loads_runs_and_is_guarded(tmp_path, tiny_bundle, caplog) -> None:
     pytest.importorskip("nncf")
-    from bird_infer.quantize import quantize_bundle
+    from bird_infer.tools.quantize import quantize_bundle
 
     manifest, _, _ = tiny_bundle
     models = tmp_path / "models"
     shutil.copytree(manifest.root, models)
     audio = _audio(tmp_path / "audio", n=4)
     quantized, results = quantize_bundle(models, [audio], calibration_chunks=8, judge_chunks=4)
-    assert [r.fold for r in results] == [f.name for f in quantized.folds]
-    for fold in quantized.folds:
+    assert [r.fold for r in results] == [f.name for f in quantized.member().folds]
+    for fold in quantized.member().folds:
         assert fold.int8 is not None and (models / fold.int8.file).is_file() and (models / fold.int8.weights).is_file()
     data = json.loads((models / "manifest.json").read_text())
-    assert data["members"][0]["folds"][0]["int8"]["sha256"] == quantized.folds[0].int8.sha256
+    assert data["members"][0]["folds"][0]["int8"]["sha256"] == quantized.member().folds[0].int8.sha256
     with pytest.raises(PrecisionRefusedError, match="int8 refused"):
         FoldEnsemble(manifest, SessionSettings(backend="openvino", precision="int8"))  # the original has no int8
-    feats = LogMelFrontend(quantized.frontend, quantized.audio.sample_rate)(synthetic_chunks(n=3, seed=9))
+    feats = LogMelFrontend(quantized.member().frontend, quantized.member().audio.sample_rate)(
+        synthetic_chunks(n=3, seed=9)
+    )
     out = FoldEnsemble(quantized, SessionSettings(backend="openvino", precision="int8")).fold_outputs(feats)
     assert out.shape == (2, 3, len(quantized.labels)) and np.isfinite(out).all()
 
     paths = sorted(audio.glob("*.wav"))
     int8 = SessionSettings(backend="openvino", precision="int8")
-    _, _, trials = choose_precision(quantized, RunOptions(workers=1, session=int8, precision_bound=1.0), paths)
+    _, _, trials = choose_precision(quantized, int8, paths, bound=1.0)
     delta = trials[-1].max_delta
     print(
         f"int8 tiny bundle: max |p - p_fp32| = {delta:.4g} (per fold on judge rows: {[r.max_delta for r in results]})"
     )
     assert delta is not None and delta > 0
-    accepted, note, _ = choose_precision(quantized, RunOptions(workers=1, session=int8, precision_bound=delta), paths)
-    assert accepted.session.precision == "int8" and note.startswith("openvino int8 (")
-    refused, note, _ = choose_precision(
-        quantized, RunOptions(workers=1, session=int8, precision_bound=delta / 2), paths
-    )
-    assert refused.session.precision == "fp32" and "refused" in note
-    auto = RunOptions(workers=1, session=SessionSettings(precision="auto"), precision_bound=delta)
-    chosen, note, trials = choose_precision(quantized, auto, paths, NO_BF16)
+    accepted, note, _ = choose_precision(quantized, int8, paths, bound=delta)
+    assert accepted.precision == "int8" and note.startswith("openvino int8 (")
+    refused, note, _ = choose_precision(quantized, int8, paths, bound=delta / 2)
+    assert refused.precision == "fp32" and "refused" in note
+    auto = SessionSettings(precision="auto")
+    chosen, note, trials = choose_precision(quantized, auto, paths, bound=delta, cpu=NO_BF16)
     assert [t.name for t in trials] == ["onnxruntime fp32", "openvino int8"]
     fastest = min((t for t in trials if t.refused is None), key=lambda t: t.ms_per_chunk)
-    assert chosen.session.precision == fastest.precision  # auto keeps the fastest the guard accepts
+    assert chosen.precision == fastest.precision  # auto keeps the fastest the guard accepts
     verified = load_manifest(models)  # the checksums of the int8 files are verified on load
-    (models / verified.folds[0].int8.weights).write_bytes(b"corrupt")
+    (models / verified.member().folds[0].int8.weights).write_bytes(b"corrupt")
     with pytest.raises(Exception, match="sha256"):
         load_manifest(models)
+
+
+def test_precision_benchmark_runs_on_the_tiny_bundle(tmp_path, tiny_bundle, tiny_config) -> None:
+    """benchmarks/precision.py end to end (ORT int8 from the folds' checkpoints, OpenVINO fp32): a smoke run on
+    the tiny bundle, so that the benchmark cannot rot unnoticed."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.precision import main
+    from bird_infer.train.recipe import write_train_config
+
+    manifest, models, _ = tiny_bundle
+    audio = _audio(tmp_path / "audio", n=2)
+    checkpoints = []
+    for k, model in enumerate(models):
+        checkpoints.append(tmp_path / f"fold{k}.pt")
+        torch.save({"state_dict": model.state_dict()}, checkpoints[-1])
+    config = write_train_config(tiny_config, tmp_path)
+    out = tmp_path / "precision.json"
+    args = ["--models", str(manifest.root), "--audio", str(audio), "--chunks", "8", "--json", str(out)]
+    assert main([*args, "--config", str(config), "--checkpoints", *map(str, checkpoints)]) == 0
+    variants = json.loads(out.read_text())["variants"]
+    assert {"ort_fp32", "ort_int8_qdq", "openvino_fp32"} <= set(variants)
+    assert variants["ort_fp32"]["max_abs_delta_p"] == 0
+    assert all(v["ms_per_chunk_per_fold"] > 0 and np.isfinite(v["max_abs_delta_p"]) for v in variants.values())

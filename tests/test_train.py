@@ -15,10 +15,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 pytest.importorskip("sklearn")
 
+from bird_infer.tools.synth import CALL_TYPES, CorpusSpec, make_call, write_corpus  # noqa: E402
 from bird_infer.train import augment  # noqa: E402
 from bird_infer.train.data import Record, TrainingDataError, load_records, make_folds, multi_hot  # noqa: E402
 from bird_infer.train.recipe import sed_loss, smooth_labels  # noqa: E402
-from bird_infer.train.synth import CALL_TYPES, CorpusSpec, make_call, write_corpus  # noqa: E402
 
 SR = 32000
 
@@ -197,10 +197,10 @@ def test_synthetic_soundscape_truth_matches_its_events(tmp_path) -> None:
 
 def test_short_training_lowers_the_loss_and_exports(tmp_path, tiny_config) -> None:
     from bird_infer.cli import main as cli_main
-    from bird_infer.manifest import load_manifest
+    from bird_infer.contract.manifest import load_manifest
+    from bird_infer.contract.training_config import load_training_config
     from bird_infer.train.recipe import RecipeConfig
     from bird_infer.train.run import run_training
-    from bird_infer.training_config import load_training_config
 
     labels = ("syn_upsweep", "syn_hoot", "syn_clicks")
     spec = CorpusSpec(labels=labels, clips_per_label=8, soundscapes=0, clip_s=(5.0, 6.0), snr_db=(15.0, 25.0))

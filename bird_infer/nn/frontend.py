@@ -12,8 +12,8 @@ import math
 import torch
 from torch import nn
 
-from bird_infer.frontend import NORMALIZE_EPS, mel_filterbank, stft_window
-from bird_infer.schema import FrontendConfig
+from bird_infer.audio.logmel import NORMALIZE_EPS, mel_filterbank, stft_window
+from bird_infer.contract.schema import FrontendConfig
 
 
 class TorchLogMel(nn.Module):

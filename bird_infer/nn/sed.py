@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bird_infer.schema import ModelConfig
+from bird_infer.contract.schema import ModelConfig
 
 
 class AttentionBlock(nn.Module):

@@ -20,15 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bird_infer.audio import AUDIO_EXTENSIONS, audio_info, iter_chunk_blocks
-from bird_infer.errors import BirdInferError
-from bird_infer.schema import AudioConfig
+from bird_infer.audio.decode import audio_info, iter_chunk_blocks
+from bird_infer.audio.files import AUDIO_EXTENSIONS
+from bird_infer.contract.errors import TrainingDataError
+from bird_infer.contract.schema import AudioConfig
 
 MINOR_MAX = 5
-
-
-class TrainingDataError(BirdInferError):
-    """The training data cannot be used as given."""
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from bird_infer.metrics import padded_cmap
+from bird_infer.contract.training_config import TrainingConfig
 from bird_infer.nn import TorchLogMel, build_model
+from bird_infer.outputs.metrics import padded_cmap
 from bird_infer.train.augment import AugmentConfig, augment_wave, mixup, spec_augment
 from bird_infer.train.data import Record, load_waveform, multi_hot, random_crop
-from bird_infer.training_config import TrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,6 @@ def evaluate(
     model: torch.nn.Module, frontend: torch.nn.Module, bank: ClipBank, config: TrainingConfig, recipe: RecipeConfig
 ) -> tuple[float, float]:
     """Validation loss (unsmoothed targets) and padded cmAP on the first 5 s of each recording."""
-    import pandas as pd
 
     model.eval()
     probs, losses = [], []

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bird_infer.audio import find_audio_files
+from bird_infer.audio.files import find_audio_files
+from bird_infer.contract.errors import TrainingDataError
+from bird_infer.contract.training_config import TrainingConfig
 from bird_infer.train.data import load_records, load_waveform, make_folds
 from bird_infer.train.recipe import RecipeConfig, save_checkpoint, train_model, write_train_config
-from bird_infer.training_config import TrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ def run_training(
     records = load_records(data)
     unknown = sorted({r.primary_label for r in records} - set(config.labels))
     if unknown:
-        from bird_infer.train.data import TrainingDataError
-
         raise TrainingDataError(f"{len(unknown)} labels of the data are not in the config: {unknown[:10]}")
     init = torch.load(pretrained, map_location="cpu", weights_only=True)["state_dict"] if pretrained else None
     bgs = load_backgrounds(background or [], config)

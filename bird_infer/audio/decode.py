@@ -1,0 +1,344 @@
+"""Reading soundscapes: any format libsndfile reads (ogg, wav, flac, mp3, aiff...), any rate, any channels.
+
+Files are read in blocks, mixed down to mono float32, resampled with soxr (streaming, high quality)
+to the manifest's rate and cut into chunks. Memory stays bounded by the block size whatever the
+file's length.
+
+**A header's length is a claim.** The rows a file gets follow one rule, the same for every format:
+
+- the audio that decodes is predicted: ``ceil(decoded duration / clip_s)`` chunks, the last one
+  zero-padded (at least 1, so an empty file still gets one row);
+- where the header claims more (a file cut short, a lying header), the rest of the claimed length gets
+  fallback rows and the file is reported ``partial``;
+- a claim is capped at :data:`MAX_FILE_S` (24 hours), and a header whose length is unknown or beyond
+  the cap is decoded to its end, at most to the cap: no header can make the CSV or memory explode;
+- a sample rate outside [:data:`MIN_SAMPLE_RATE`, :data:`MAX_SAMPLE_RATE`] is refused as implausible.
+
+Files are opened through a Python file object, so names that are not valid UTF-8 read like any other.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from bird_infer.audio.files import entry_problem
+from bird_infer.contract.errors import AudioDecodeError
+from bird_infer.contract.schema import RESAMPLERS, AudioConfig
+
+MIN_SAMPLE_RATE = 1_000
+"""Hz. Below this a header is not believed (the lowest rates recorders use are 8 kHz)."""
+MAX_SAMPLE_RATE = 1_536_000
+"""Hz. Above this a header is not believed (ultrasonic bat recorders reach 768 kHz)."""
+MAX_FILE_S = 24 * 3600.0
+"""Longest length a file is given rows for (seconds): 17 280 rows at 5 s. Caps lying headers."""
+READ_S = 1.0
+"""Seconds of input per libsndfile call: a decode error mid-file loses at most this much audio."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the header says about a file."""
+
+    path: Path
+    sample_rate: int
+    header_frames: int
+    """Frames the header claims (FLAC's "length unknown" reads as 2**63 - 1)."""
+    channels: int
+
+    @property
+    def frames(self) -> int | None:
+        """The claim if believed: None when it is beyond :data:`MAX_FILE_S` (the file is decoded to its end)."""
+        return self.header_frames if self.header_frames <= MAX_FILE_S * self.sample_rate else None
+
+    @property
+    def duration_s(self) -> float:
+        return (self.frames or 0) / self.sample_rate
+
+
+def n_chunks_for(frames: int, sample_rate: int, clip_s: float) -> int:
+    """ceil(duration / clip_s), at least 1 (an empty or sub-chunk file still gets one row)."""
+    return max(1, math.ceil(frames / (sample_rate * clip_s) - 1e-9))
+
+
+def max_chunks(clip_s: float) -> int:
+    """The most rows any file gets (:data:`MAX_FILE_S` of audio)."""
+    return math.ceil(MAX_FILE_S / clip_s)
+
+
+def claimed_chunks(info: AudioInfo, clip_s: float) -> int:
+    """Rows the header claims, capped at :func:`max_chunks`; 1 when the length is unknown."""
+    if info.frames is None:
+        return 1
+    return min(n_chunks_for(info.frames, info.sample_rate, clip_s), max_chunks(clip_s))
+
+
+class _ReadOnlySoundFile(sf.SoundFile):
+    """soundfile re-seeks after every read to keep its read and write positions in step. Read-only, that
+    seek is redundant, and it fails on FLAC files whose STREAMINFO says "length unknown" (total samples
+    0, which the FLAC format allows). Reporting "not seekable" skips it; reads then take explicit sizes."""
+
+    def seekable(self) -> bool:
+        return False
+
+
+def _wav_claimed_frames(fh) -> int | None:
+    """Frames a RIFF/WAVE header's ``data`` chunk claims (libsndfile reports only what is present)."""
+    head = fh.read(1 << 16)
+    fh.seek(0)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+        return None
+    endian = "<" if head[:4] == b"RIFF" else ">"
+    pos, block_align = 12, 0
+    while pos + 8 <= len(head):
+        cid, size = head[pos : pos + 4], struct.unpack(endian + "I", head[pos + 4 : pos + 8])[0]
+        if cid == b"fmt " and pos + 22 <= len(head):
+            block_align = struct.unpack(endian + "H", head[pos + 20 : pos + 22])[0]
+        if cid == b"data":
+            return size // block_align if block_align > 0 and size != 0xFFFFFFFF else None
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _open(path: Path):
+    try:
+        fh = open(path, "rb")  # a file object: libsndfile then reads any file name, UTF-8 or not
+    except OSError as e:
+        raise AudioDecodeError(f"{path.name}: cannot open ({e.strerror})") from e
+    return fh
+
+
+def _info_from(fh, path: Path) -> tuple[sf.SoundFile, AudioInfo]:
+    wav_frames = _wav_claimed_frames(fh)  # before libsndfile reads through the same file object
+    try:
+        f = _ReadOnlySoundFile(fh)
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
+        reason = getattr(e, "error_string", None) or str(e)  # libsndfile's words, without the file object's repr
+        raise AudioDecodeError(f"{path.name}: cannot open as audio ({reason})") from e
+    sr, channels = int(f.samplerate), int(f.channels)
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE or channels <= 0:
+        f.close()
+        raise AudioDecodeError(
+            f"{path.name}: header gives {sr} Hz and {channels} channels; not believed (rates from "
+            f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz are read)"
+        )
+    frames = max(0, int(f.frames), wav_frames or 0)
+    return f, AudioInfo(path=path, sample_rate=sr, header_frames=frames, channels=channels)
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Read the header only. Raises AudioDecodeError if it cannot be read or is implausible."""
+    path = Path(path)
+    problem = entry_problem(path)
+    if problem:
+        raise AudioDecodeError(f"{path.name}: {problem}")
+    with _open(path) as fh:
+        f, info = _info_from(fh, path)
+        f.close()
+    return info
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """What one kind of model call needs: audio at ``sample_rate`` (resampled by ``resampler``), in windows of
+    ``window_samples`` centred on each row."""
+
+    sample_rate: int
+    window_samples: int
+    resampler: str = "soxr_hq"
+
+    @classmethod
+    def of(cls, audio: AudioConfig) -> WindowSpec:
+        return cls(audio.sample_rate, audio.chunk_samples, audio.resampler)
+
+
+class _Stream:
+    """One rate's resampled samples, kept from the earliest window still needed."""
+
+    def __init__(self, sr_in: int, rate: int, resampler: str, row_s: float) -> None:
+        quality = RESAMPLERS[resampler]
+        self.resampler = (
+            None if sr_in == rate else soxr.ResampleStream(sr_in, rate, 1, dtype="float32", quality=quality)
+        )
+        self.row_samples = round(row_s * rate)
+        self.pieces: list[np.ndarray] = []
+        self.base = 0  # absolute index of the first kept sample
+        self.total = 0  # samples received so far
+
+    def feed(self, mono: np.ndarray, last: bool) -> None:
+        out = self.resampler.resample_chunk(mono, last=last) if self.resampler is not None else mono
+        if out.size:
+            self.pieces.append(np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0))
+            self.total += out.size
+
+    def start(self, row: int, window: int) -> int:
+        """First sample of ``row``'s window: centred on the row (for a window of one row: the row itself)."""
+        return row * self.row_samples + (self.row_samples - window) // 2
+
+    def windows(self, first_row: int, n_rows: int, window: int) -> np.ndarray:
+        """(n_rows, window) float32; samples before the file's start or past its end are zero."""
+        buf = (
+            np.concatenate(self.pieces)
+            if len(self.pieces) > 1
+            else (self.pieces[0] if self.pieces else np.zeros(0, np.float32))
+        )
+        self.pieces = [buf] if buf.size else []
+        out = np.zeros((n_rows, window), dtype=np.float32)
+        end_buf = self.base + buf.size
+        for k in range(n_rows):
+            s = self.start(first_row + k, window)
+            a, b = max(s, self.base), min(s + window, end_buf)
+            if b > a:
+                out[k, a - s : b - s] = buf[a - self.base : b - self.base]
+        return out
+
+    def trim(self, keep_from: int) -> None:
+        """Forget samples before absolute index ``keep_from``."""
+        if keep_from <= self.base or not self.pieces:
+            return
+        buf = self.pieces[0] if len(self.pieces) == 1 else np.concatenate(self.pieces)
+        drop = min(keep_from - self.base, buf.size)
+        self.pieces = [buf[drop:]] if buf.size > drop else []
+        self.base += drop
+
+
+class RowReader:
+    """Decode a file once and yield its rows in blocks: ``(first_row, {spec: (k, window_samples) float32})``.
+
+    One soxr stream per distinct (rate, resampler), one window per row and :class:`WindowSpec`, centred on
+    the row and zero-padded at the file's edges; memory is bounded by the block and the longest window.
+    After iteration: ``claimed`` (rows the header claims, capped), ``decoded`` (rows predicted from decoded
+    audio: ``ceil(decoded seconds / row_s)``, at least 1) and ``error`` / ``note`` (see the module docstring).
+    Mono mixdown is the mean over channels; non-finite samples become 0. Opening failures raise
+    AudioDecodeError; a failure after audio has decoded ends the iteration and is kept in ``error``.
+    """
+
+    def __init__(self, path: str | Path, specs: list[WindowSpec], row_s: float, block_rows: int = 12) -> None:
+        self.path = Path(path)
+        self.specs = list(dict.fromkeys(specs))
+        self.row_s = row_s
+        self.block_rows = max(1, block_rows)
+        self.claimed = 0
+        self.decoded = 0
+        self.error: str | None = None
+        """Why the file has fewer predicted rows than it claims (the rest get fallback rows)."""
+        self.note: str | None = None
+        """A header that was not believed, though every row is predicted."""
+        self.info: AudioInfo | None = None
+        self.decoded_s = 0.0
+        """Seconds of audio that decoded (known after iteration)."""
+
+    @property
+    def rows(self) -> int:
+        """Rows this file gets: what decoded, or the claim when that is longer."""
+        return max(self.claimed, self.decoded, 1)
+
+    def __iter__(self) -> Iterator[tuple[int, dict[WindowSpec, np.ndarray]]]:
+        problem = entry_problem(self.path)
+        if problem:
+            raise AudioDecodeError(f"{self.path.name}: {problem}")
+        with _open(self.path) as fh:
+            f, info = _info_from(fh, self.path)
+            with f:
+                self.info = info
+                self.claimed = claimed_chunks(info, self.row_s)
+                yield from self._blocks(f, info)
+
+    def _blocks(self, f: sf.SoundFile, info: AudioInfo) -> Iterator[tuple[int, dict[WindowSpec, np.ndarray]]]:
+        sr_in = info.sample_rate
+        streams = {
+            (s.sample_rate, s.resampler): _Stream(sr_in, s.sample_rate, s.resampler, self.row_s) for s in self.specs
+        }
+        read_frames = max(1, round(READ_S * sr_in))
+        limit_in = math.ceil(MAX_FILE_S * sr_in)
+        row_in = self.row_s * sr_in
+        next_row = 0
+        read_in = 0
+        last = False
+        while not last:
+            try:
+                data = f.read(min(read_frames, limit_in - read_in), dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError, OSError, ValueError, MemoryError) as e:
+                reason = getattr(e, "error_string", None) or str(e)
+                if read_in == 0:
+                    raise AudioDecodeError(f"{self.path.name}: cannot decode ({type(e).__name__}: {reason})") from e
+                self.error = f"decoding stopped after {read_in / sr_in:.1f} s ({type(e).__name__}: {reason})"
+                data = np.zeros((0, 1), np.float32)
+            read_in += data.shape[0]
+            self.decoded_s = read_in / sr_in
+            last = data.shape[0] == 0 or read_in >= limit_in
+            if last and read_in == 0 and (info.frames is None or info.frames > 0):
+                raise AudioDecodeError(f"{self.path.name}: no audio decodes ({self.error or 'no data'})")
+            mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+            for stream in streams.values():
+                stream.feed(mono, last)
+            if last:
+                n_rows = max(1, math.ceil(read_in / row_in - 1e-9))
+                ready = n_rows
+            else:
+                ready = min(self._ready(streams, s) for s in self.specs)
+            while ready - next_row >= self.block_rows or (last and ready > next_row):
+                k = min(self.block_rows, ready - next_row)
+                block = {
+                    s: streams[(s.sample_rate, s.resampler)].windows(next_row, k, s.window_samples) for s in self.specs
+                }
+                yield next_row, block
+                next_row += k
+                self.decoded = next_row
+                for key, stream in streams.items():
+                    starts = [
+                        stream.start(next_row, s.window_samples)
+                        for s in self.specs
+                        if (s.sample_rate, s.resampler) == key
+                    ]
+                    stream.trim(min(starts))
+        if self.error is None and read_in >= limit_in:
+            self.error = f"the file continues past the {MAX_FILE_S / 3600:g}-hour cap: the rest is not read"
+        if self.error is None and info.frames is None and info.header_frames < 2**62:
+            self.note = (
+                f"the header claims {info.header_frames / sr_in:.0f} s, beyond the {MAX_FILE_S / 3600:g}-hour "
+                f"cap: not believed; {read_in / sr_in:.1f} s decoded and predicted"
+            )
+        if self.error is None and info.frames is not None and self.decoded < self.claimed:
+            self.error = f"the header claims {info.frames / sr_in:.1f} s but only {read_in / sr_in:.1f} s decodes"
+
+    @staticmethod
+    def _ready(streams: dict[tuple[int, str], _Stream], spec: WindowSpec) -> int:
+        """Rows whose ``spec`` window lies wholly within the samples received so far."""
+        stream = streams[(spec.sample_rate, spec.resampler)]
+        r, w = stream.row_samples, spec.window_samples
+        # row i is ready when start(i) + w <= total, start(i) = i * r + (r - w) // 2
+        return max(0, (stream.total - w - (r - w) // 2) // r + 1)
+
+
+class ChunkReader:
+    """One window spec's blocks of chunks, (k, chunk_samples) float32: rows of ``audio.clip_s`` (see
+    :class:`RowReader`). For training, the exporter's check audio and one-member tools."""
+
+    def __init__(self, path: str | Path, audio: AudioConfig, block_chunks: int = 12) -> None:
+        self.spec = WindowSpec.of(audio)
+        self._reader = RowReader(path, [self.spec], audio.clip_s, block_chunks)
+
+    def __getattr__(self, name: str):
+        return getattr(self._reader, name)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for _, block in self._reader:
+            yield block[self.spec]
+
+
+def iter_chunk_blocks(path: str | Path, audio: AudioConfig, block_chunks: int = 12) -> Iterator[np.ndarray]:
+    """The decodable chunks of a file in blocks (see :class:`ChunkReader`). Raises AudioDecodeError."""
+    return iter(ChunkReader(path, audio, block_chunks))
+
+
+def read_chunks(path: str | Path, audio: AudioConfig) -> np.ndarray:
+    """All decodable chunks of a file at once, (n_chunks, chunk_samples) float32. For short files and tests."""
+    return np.concatenate(list(iter_chunk_blocks(path, audio)), axis=0)

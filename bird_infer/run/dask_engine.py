@@ -1,0 +1,123 @@
+"""``--engine dask``: the same files, the same predictor, on a Dask cluster (``dask.distributed``).
+
+Files are tasks. Each Dask worker builds its predictor (sessions, front-ends) once, in a worker plugin,
+from the manifest and options it is given, and reuses it for every file it gets. At most two files per
+worker are in flight, so the deadline guard can still choose each file's folds when it starts. Results
+come back as files finish and go through the same bookkeeping as the process pool
+(:class:`bird_infer.run.book.TaskBook`): a file that raises is retried once, then gets fallback rows; a worker
+that dies mid-file (killed, out of memory) costs no file, since Dask reschedules its task elsewhere, and a
+file that kills workers again and again ends as a fallback with the reason; the hard stop cancels what
+is left.
+
+With no scheduler address a ``LocalCluster`` with one single-threaded worker process per core is started
+and closed here; with one (``tcp://host:8786``) the run uses that cluster, whose workers must read the
+models folder and the audio at the same paths. Only this module imports dask, and only when asked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from bird_infer.contract.extras import import_extra
+from bird_infer.contract.schema import Manifest
+from bird_infer.contract.text import describe_exception
+from bird_infer.run.book import WORKER_DIED, TaskBook
+from bird_infer.run.options import RunOptions
+from bird_infer.run.outcomes import FileFailure, Outcome
+from bird_infer.run.predictor import make_predictor, run_segment
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAME = "bird-infer-predictor"
+ALLOWED_FAILURES = 2
+"""Worker deaths a file may cause on a cluster started here before it is given up (Dask's KilledWorker)."""
+
+
+def _import_distributed():
+    """The ``distributed`` module, imported only when the dask engine is asked for."""
+    return import_extra("distributed", "--engine dask")
+
+
+def _plugin_class():
+    distributed = _import_distributed()
+
+    class PredictorPlugin(distributed.WorkerPlugin):
+        """Builds the worker's predictor once, when the worker starts (and again if it is restarted)."""
+
+        name = PLUGIN_NAME
+
+        def __init__(self, manifest: Manifest, options: RunOptions) -> None:
+            self.manifest = manifest
+            self.options = options
+            self.predictor = None
+
+        def setup(self, worker) -> None:
+            self.predictor = make_predictor(self.manifest, self.options)
+
+    return PredictorPlugin
+
+
+def predict_task(path: str, n_folds: int | None, start: int = 0, end: int | None = None):
+    """A Dask task: one file, or a segment of one, with this worker's predictor."""
+    plugin = _import_distributed().get_worker().plugins[PLUGIN_NAME]
+    return run_segment(plugin.predictor, Path(path), n_folds, start, end)
+
+
+def run_on_dask(book: TaskBook, manifest: Manifest, scheduler: str | None, cores: int) -> Iterator[tuple[int, Outcome]]:
+    """Drive ``book`` to the end on a Dask cluster; yields (task index, outcome) as each settles."""
+    dask = import_extra("dask", "--engine dask")
+    distributed = _import_distributed()
+    cluster = None
+    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+        if scheduler is None:
+            cluster = distributed.LocalCluster(
+                n_workers=cores, threads_per_worker=1, processes=True, dashboard_address=":0"
+            )
+        client = distributed.Client(scheduler or cluster)
+    try:
+        client.register_plugin(_plugin_class()(manifest, book.options))
+        n_workers = max(1, len(client.scheduler_info()["workers"]))
+        log.info("dask: %d workers at %s", n_workers, client.scheduler.address)
+        yield from _drive(book, client, distributed.wait, 2 * n_workers)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _drive(run: TaskBook, client, wait, cap: int) -> Iterator[tuple[int, Outcome]]:
+    in_flight: dict = {}  # future -> file index
+    while True:
+        if run.must_stop():
+            for fut in in_flight:
+                fut.cancel()
+            run.stop_unfinished(list(in_flight.values()))
+            yield from run.drain()
+            return
+        while len(in_flight) < cap and (i := run.next_index()) is not None:
+            run.attempts[i] += 1
+            path, n_folds, start, end = run.task_args(i)
+            fut = client.submit(predict_task, str(path), n_folds, start, end, pure=False)
+            in_flight[fut] = i
+        if not in_flight:
+            yield from run.drain()
+            return
+        timeout = run.guard.seconds_to_stop(run.guard.elapsed_s()) + 0.01 if run.guard else None
+        try:
+            done, _ = wait(list(in_flight), timeout=timeout, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            continue
+        for fut in done:
+            i = in_flight.pop(fut)
+            try:
+                outcome = fut.result()
+            except Exception as e:  # KilledWorker (it killed workers again and again), or a lost task
+                reason = describe_exception(e)
+                if type(e).__name__ == "KilledWorker":
+                    reason = f"{WORKER_DIED} (on every worker Dask gave it to)"
+                outcome = FileFailure(run.paths[i], reason)
+                run.attempts[i] = max(run.attempts[i], run.options.max_attempts)
+            run.handle(i, outcome)
+        yield from run.drain()

@@ -1,0 +1,83 @@
+"""How a run uses the machine: :class:`RunOptions`, the one worker-count rule, and the native thread limits the
+entry points set before a pool starts."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bird_infer.contract.schema import Manifest
+from bird_infer.runtime.machine import available_cores
+from bird_infer.runtime.precision import PRECISION_BOUND
+from bird_infer.runtime.sessions import SessionSettings
+
+NATIVE_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+ENGINES = ("pool", "dask")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How the job uses the machine."""
+
+    workers: int = 0
+    """Worker processes; 0 means one per core available to this process."""
+    session: SessionSettings = field(default_factory=SessionSettings)
+    block_chunks: int = 12
+    """Chunks decoded and featurised at once per worker (bounds memory for long files)."""
+    in_process: bool = False
+    """Run every file in this process, no pool (debugging; a crash in a native library then ends the run)."""
+    precision_bound: float = PRECISION_BOUND
+    """The accuracy guard's bound on |p - p_fp32| for a backend/precision other than ONNX Runtime fp32."""
+    max_attempts: int = 2
+    """Tries per file: a file that raises, or whose worker dies, is retried once before it gets fallback rows."""
+    timeout_floor_s: float = 300.0
+    """A file running longer than ``timeout_floor_s + timeout_factor x`` its expected time (its rows x the
+    slowest seconds per row measured so far, 0.5 s before any measurement) is taken for a hung worker:
+    the workers are killed and it is handled like a dead worker."""
+    timeout_factor: float = 10.0
+    engine: str = "pool"
+    """One of :data:`ENGINES`: ``pool`` (this machine's process pool) or ``dask`` (a Dask cluster; see
+    :mod:`bird_infer.run.dask_engine`)."""
+    scheduler: str | None = None
+    """With ``engine="dask"``: the scheduler's address, or None for a LocalCluster started for the run."""
+    split_files: bool = True
+    """With fewer files than cores, split each long file's rows across workers (:mod:`bird_infer.run.segments`)."""
+    predictor_factory: Callable[[Manifest, RunOptions], Any] | None = None
+    """Builds each worker's predictor (default :class:`~bird_infer.run.predictor.FilePredictor`); must be
+    importable by name (spawn)."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "workers": self.workers >= 0,
+            "block_chunks": self.block_chunks >= 1,
+            "precision_bound": math.isfinite(self.precision_bound) and self.precision_bound >= 0,
+            "max_attempts": self.max_attempts >= 1,
+            "timeout_floor_s": math.isfinite(self.timeout_floor_s) and self.timeout_floor_s > 0,
+            "timeout_factor": math.isfinite(self.timeout_factor) and self.timeout_factor > 0,
+            "engine": self.engine in ENGINES,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid RunOptions: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+
+    def workers_for(self, n_tasks: int) -> int:
+        """Worker processes for ``n_tasks`` tasks (files, or segments of split files): 1 in process; else
+        ``workers`` (0: one per core available), never more than the tasks. The one rule every engine, the
+        deadline guard and the run's summary use."""
+        if self.in_process:
+            return 1
+        workers = self.workers if self.workers > 0 else available_cores()
+        return max(1, min(workers, n_tasks))
+
+
+def limit_native_threads(threads: int) -> None:
+    """Set BLAS/OpenMP thread counts for worker processes started after this call.
+
+    Called by entry points (the CLI, the Kaggle kernel) before a pool starts, so that numpy's
+    BLAS does not start a thread per core in every worker on top of ONNX Runtime's.
+    """
+    for var in NATIVE_THREAD_VARS:
+        os.environ.setdefault(var, str(threads))

@@ -1,0 +1,183 @@
+"""What a run will do, settled before any audio is read, and the stream of its outcomes.
+
+:func:`plan_run` checks the models, the sample submission and the output place, names the entries and runs the
+accuracy guard; :func:`iter_outcomes` streams each entry's outcome (the deadline guard applied, progress shown).
+The jobs (:mod:`bird_infer.jobs`) consume that stream: ``predict`` into one CSV, ``detect`` into tables per file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+from bird_infer.audio.decode import audio_info, claimed_chunks
+from bird_infer.audio.files import entry_problem, find_audio_entries
+from bird_infer.contract.errors import AudioDecodeError
+from bird_infer.contract.manifest import load_manifest
+from bird_infer.contract.sample import column_order, read_sample_columns
+from bird_infer.contract.schema import Manifest
+from bird_infer.contract.text import safe_text
+from bird_infer.run.deadline import Deadline, DeadlineGuard
+from bird_infer.run.engine import stream_files
+from bird_infer.run.options import RunOptions
+from bird_infer.run.outcomes import FileFailure, FileResult, Outcome
+from bird_infer.run.progress import Progress, ProgressDisplay
+from bird_infer.run.segments import plan_tasks
+from bird_infer.runtime.checks import check_models
+from bird_infer.runtime.machine import cpu_info
+from bird_infer.runtime.precision import choose_precision
+
+log = logging.getLogger(__name__)
+
+
+def header_chunks(paths: list[Path], manifest: Manifest) -> list[int | None]:
+    """Rows each file will give by its header (capped, see :mod:`bird_infer.audio`); None where the header
+    cannot be read or its length is unknown."""
+    counts: list[int | None] = []
+    for p in paths:
+        try:
+            info = audio_info(p)
+        except AudioDecodeError:
+            counts.append(None)
+            continue
+        counts.append(None if info.frames is None else claimed_chunks(info, manifest.row_s))
+    return counts
+
+
+def fallback_rows(known: list[int | None]) -> list[int]:
+    """Rows for each file: the header's count, else the most common count among the others, else 1.
+
+    A file whose header cannot be read has an unknown length; in a competition test set the files
+    share one length (BirdCLEF 2023: 10 minutes, 120 rows), so the most common count is the best guess.
+    """
+    seen = Counter(k for k in known if k is not None)
+    guess = seen.most_common(1)[0][0] if seen else 1
+    return [guess if k is None else k for k in known]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will do, settled before any audio is read (shared by ``predict`` and ``detect``)."""
+
+    manifest: Manifest
+    entries: list[Path]
+    """Every audio entry found, in order."""
+    names: list[str]
+    """Each entry's unique name, by the job's rule (the submission's row_id prefix, a field table's name)."""
+    problems: dict[Path, str | None]
+    """Why an entry cannot be opened as a file (never opened), or None."""
+    rows: list[int]
+    """Each entry's expected rows (header claim, else the most common count)."""
+    options: RunOptions
+    precision: str
+    started: float
+    time_limit_s: float | None
+    root: Path
+    """The folder the entries were found under."""
+    sample_columns: list[str] | None = None
+    """The sample submission's label columns, in its order, when one was given."""
+
+    @property
+    def paths(self) -> list[Path]:
+        """The entries that can be opened."""
+        return [p for p in self.entries if self.problems[p] is None]
+
+    @property
+    def rows_of(self) -> dict[Path, int]:
+        return dict(zip(self.entries, self.rows, strict=True))
+
+    def workers(self, paths: list[Path] | None = None) -> int:
+        """Worker processes predicting ``paths`` (default: every readable entry) get: the options' rule over
+        their tasks, a long file split across workers counting as several (:mod:`bird_infer.run.segments`)."""
+        rows_of = self.rows_of
+        todo = self.paths if paths is None else paths
+        return self.options.workers_for(max(1, len(plan_tasks(self.options, [rows_of[p] for p in todo]))))
+
+
+def plan_run(
+    audio: str | Path,
+    models: str | Path,
+    name_entries: Callable[[list[Path], Path], list[str]],
+    options: RunOptions | None = None,
+    time_limit_s: float | None = None,
+    sample_submission: str | Path | None = None,
+    check_place: Callable[[list[str], list[int], Manifest], None] | None = None,
+) -> RunPlan:
+    """Everything checked before any audio is read: the manifest and model files, every fold loaded and run
+    once (:func:`bird_infer.runtime.checks.check_models`), the sample submission, each entry's name
+    (``name_entries(entries, root)``, the job's rule), the output place (``check_place(names, rows, manifest)``),
+    then the accuracy guard for a reduced precision.
+    Raises ManifestError, SubmissionFormatError, OutputError (exit status 2 in the CLI)."""
+    started = time.perf_counter()
+    options = options or RunOptions()
+    if time_limit_s is not None and not (math.isfinite(time_limit_s) and time_limit_s > 0):
+        raise ValueError(f"time_limit_s must be a positive number of seconds, got {time_limit_s!r}")
+    manifest = load_manifest(models)
+    sample_cols = read_sample_columns(sample_submission) if sample_submission else None
+    column_order(manifest.labels, sample_cols)  # label mismatch fails here, before the audio
+    check_models(manifest)
+    entries = find_audio_entries(audio)
+    root = Path(audio) if Path(audio).is_dir() else Path(audio).parent
+    names = name_entries(entries, root)
+    problems = {p: entry_problem(p) for p in entries}
+    rows = fallback_rows(header_chunks(entries, manifest))
+    if check_place is not None:
+        check_place(names, rows, manifest)
+    if not entries:
+        log.warning("no audio files under %s", audio)
+    readable = [p for p in entries if problems[p] is None]
+    session, precision, _trials = choose_precision(manifest, options.session, readable, options.precision_bound)
+    options = dataclasses.replace(options, session=session)
+    return RunPlan(
+        manifest, entries, names, problems, rows, options, precision, started, time_limit_s, root, sample_cols
+    )
+
+
+def iter_outcomes(plan: RunPlan, todo: set[Path] | None = None) -> Iterator[tuple[Path, Outcome]]:
+    """Predict the plan's entries (or those in ``todo``), the deadline guard applied; yield (entry, outcome) as
+    each settles. Entries that cannot be opened fail at once, first. Progress is shown as outcomes arrive."""
+    manifest, options = plan.manifest, plan.options
+    entries = [p for p in plan.entries if todo is None or p in todo]
+    rows_of = plan.rows_of
+    paths = [p for p in entries if plan.problems[p] is None]
+    progress = Progress(len(entries), sum(rows_of[p] for p in entries), plan.time_limit_s)
+    workers = plan.workers(paths)
+    guard = None
+    if plan.time_limit_s:
+        guard = DeadlineGuard(
+            Deadline(plan.time_limit_s),
+            manifest.n_folds,
+            progress.total_chunks,
+            workers,
+            started=plan.started,
+            min_folds=len(manifest.members),
+        )
+    log.info(cpu_info().line())
+    log.info(
+        "%d files, %d chunks expected, %d folds, %d workers x %d threads",
+        len(entries),
+        progress.total_chunks,
+        manifest.n_folds,
+        workers,
+        options.session.intra_op_threads,
+    )
+    show = ProgressDisplay(progress)
+    unread = [(p, FileFailure(p, f"not read: {plan.problems[p]}", attempts=0)) for p in entries if plan.problems[p]]
+    stream = stream_files(paths, manifest, options, guard=guard, rows=[rows_of[p] for p in paths])
+    try:
+        for p, _failure in unread:
+            log.warning("%s: %s", safe_text(str(p)), plan.problems[p])
+        for path, outcome in chain(unread, ((paths[i], o) for i, o in stream)):
+            progress.update(outcome.n_rows if isinstance(outcome, FileResult) else rows_of[path])
+            show.update()
+            yield path, outcome
+    finally:
+        stream.close()
+        show.close()

@@ -1,0 +1,62 @@
+"""A pool worker process: its life tied to the parent's, its predictor built once by the initializer, then one
+file (or segment) per task."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from bird_infer.contract.schema import Manifest
+from bird_infer.run.options import RunOptions
+from bird_infer.run.predictor import FilePredictor, make_predictor, run_segment
+
+# One predictor per worker process, built by the pool initializer and only read afterwards.
+_WORKER_PREDICTOR: FilePredictor | None = None
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this worker process end when its parent does (SIGTERM, SIGKILL, a crash), and leave Ctrl-C to
+    the parent: a terminal's SIGINT reaches the whole process group, and the parent decides what stops.
+
+    Linux: the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``). Elsewhere a daemon
+    thread watches the parent's pid.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl: fall through to the watchdog
+            pass
+        else:
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os._exit(1)
+            return
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def init_worker(manifest: Manifest, options: RunOptions, parent_pid: int | None = None) -> None:
+    """Pool initializer: tie this worker's life to its parent's, then build its sessions once."""
+    global _WORKER_PREDICTOR
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
+    _WORKER_PREDICTOR = make_predictor(manifest, options)
+
+
+def predict_in_worker(path: Path, n_folds: int | None, start: int = 0, end: int | None = None):
+    """The pool task: one file, or a segment of one, with this worker's predictor."""
+    if _WORKER_PREDICTOR is None:  # pragma: no cover - the initializer always runs first
+        raise RuntimeError("worker used before its initializer ran")
+    return run_segment(_WORKER_PREDICTOR, path, n_folds, start, end)

