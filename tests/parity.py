@@ -43,11 +43,11 @@ def predict_into(out_dir: Path) -> tuple[Path, Path]:
 
     with tempfile.TemporaryDirectory() as tmp:
         audio = build_audio_folder(Path(tmp) / "audio")
-        csv = out_dir / "submission.csv"
+        csv = out_dir / "shipped_submission.csv"  # not submission.csv: .gitignore keeps those out of git
         code = main(["-q", "predict", "--audio", str(audio), "--models", str(ROOT / "models"), "--out", str(csv)])
         if code != 0:
             raise SystemExit(f"predict exited {code}")
-        report = out_dir / "submission_errors.csv"
+        report = out_dir / "shipped_submission_errors.csv"
         report.write_text(report.read_text(encoding="utf-8").replace(f"{audio}/", ""), encoding="utf-8")
     return csv, report
 

@@ -88,13 +88,13 @@ def test_shipped_models_give_the_fixture_bytes(tmp_path) -> None:
 
     real_audio_dir()
     csv, report = predict_into(tmp_path)
-    assert report.read_bytes() == (FIXTURE / "submission_errors.csv").read_bytes()
-    want = (FIXTURE / "submission.csv").read_bytes()
+    assert report.read_bytes() == (FIXTURE / "shipped_submission_errors.csv").read_bytes()
+    want = (FIXTURE / "shipped_submission.csv").read_bytes()
     same_cpu = json.loads((FIXTURE / "cpu.json").read_text()) == cpu_signature()
     if same_cpu:
         assert csv.read_bytes() == want
         return
-    got, ref = pd.read_csv(csv), pd.read_csv(FIXTURE / "submission.csv")
+    got, ref = pd.read_csv(csv), pd.read_csv(FIXTURE / "shipped_submission.csv")
     assert got.columns.tolist() == ref.columns.tolist() and got["row_id"].tolist() == ref["row_id"].tolist()
     labels = ref.columns[1:]
     assert np.abs(got[labels].to_numpy() - ref[labels].to_numpy()).max() <= 2e-6
