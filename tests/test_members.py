@@ -17,10 +17,10 @@ import soundfile as sf
 
 from bird_infer.contract.errors import InvalidFieldError
 from bird_infer.contract.manifest import load_manifest
-from bird_infer.contract.schema import MANIFEST_NAME, AudioConfig, PostProcess
+from bird_infer.contract.schema import MANIFEST_NAME, AudioConfig
 from bird_infer.jobs.predict import run_predict
 from bird_infer.run.options import RunOptions
-from bird_infer.run.postprocess import postprocess, smooth_rows
+from bird_infer.run.postprocess import file_max_mix, smooth_rows
 from tests.conftest import member0, real_audio_dir, synthetic_chunks
 
 torch = pytest.importorskip("torch")
@@ -277,11 +277,11 @@ def test_smoothing_and_file_max_by_hand() -> None:
         ]
     )
     np.testing.assert_allclose(got, expect, rtol=1e-6)
-    mixed = postprocess(p, valid, PostProcess(smoothing=(), file_max_mix=0.25))
+    mixed = file_max_mix(p, valid, 0.25)
     peak = p[valid].max(axis=0)
     np.testing.assert_allclose(mixed[valid], 0.75 * p[valid] + 0.25 * peak, rtol=1e-6)
     np.testing.assert_array_equal(mixed[3], p[3])
-    both = postprocess(p, valid, PostProcess(smoothing=w, file_max_mix=0.25))
+    both = file_max_mix(smooth_rows(p, valid, w), valid, 0.25)
     np.testing.assert_allclose(both[valid], 0.75 * got[valid] + 0.25 * got[valid].max(axis=0), rtol=1e-6)
 
 
@@ -301,7 +301,8 @@ def test_postprocess_in_the_manifest_is_applied_per_file(tmp_path, tiny_bundle) 
     smoothed = pd.read_csv(run_predict(audio, pp, tmp_path / "s.csv", options=RunOptions(in_process=True)).out_path)
     labels = list(manifest.labels)
     p = plain[labels].to_numpy()
-    expect = postprocess(p.astype(np.float32), np.ones(4, bool), PostProcess((0.2, 0.6, 0.2), 0.5))
+    every = np.ones(4, bool)
+    expect = file_max_mix(smooth_rows(p.astype(np.float32), every, (0.2, 0.6, 0.2)), every, 0.5)
     np.testing.assert_allclose(smoothed[labels].to_numpy(), expect, atol=2e-6)
 
 

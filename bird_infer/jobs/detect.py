@@ -205,7 +205,13 @@ def run_detect(
     if settings.plots:
         require("matplotlib", "--plots")
 
-    def place(_prefixes: list[str], _rows: list[int], _manifest: Manifest) -> None:
+    def place(_prefixes: list[str], _rows: list[int], manifest: Manifest) -> None:
+        if manifest.blend.needs_every_row:
+            raise BirdInferError(
+                "this bundle blends its members by rank ('blend': {'rule': 'rank'}), which needs every row of "
+                "the run before any file's rows are final; detect writes each file's tables as it finishes. Use "
+                "bird-infer predict, or a mean or power blend"
+            )
         if out_dir.exists() and not out_dir.is_dir():
             raise BirdInferError(f"--out {out_dir} is a file; detect writes a folder of tables: give a folder")
         check_output(out_dir / RUN_RECORD)

@@ -7,6 +7,7 @@ everywhere plus an entry in the error report (see :mod:`bird_infer.outputs.repor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -17,9 +18,11 @@ from bird_infer.outputs.names import unique_stems
 from bird_infer.outputs.place import check_output, estimate_csv_bytes, write_outputs
 from bird_infer.outputs.report import settle
 from bird_infer.outputs.submission import build_submission
-from bird_infer.run.options import RunOptions
+from bird_infer.run.options import RunOptions, keeps_member_rows
 from bird_infer.run.outcomes import FileResult, StageTimes
 from bird_infer.run.plan import iter_outcomes, plan_run
+from bird_infer.run.postprocess import PostProcessor
+from bird_infer.run.runwide import MemberRows, finish
 from bird_infer.runtime.sessions import SessionSettings
 
 log = logging.getLogger(__name__)
@@ -81,7 +84,20 @@ def run_predict(
     plan = plan_run(audio, models, unique_stems, options, time_limit_s, sample_submission, place)
     plan_s = time.perf_counter() - plan.started
     manifest = plan.manifest
-    by_path = dict(iter_outcomes(plan))
+    if keeps_member_rows(manifest, plan.options):  # a rank blend: every row first, then blend and post-process
+        store = MemberRows(Path(out).parent, int(plan.options.member_rows_ram_mb * 2**20))
+        try:
+            by_path = {}
+            for path, outcome in iter_outcomes(plan):
+                if isinstance(outcome, FileResult) and outcome.member_probs is not None:
+                    store.add(path, outcome.member_probs)
+                    outcome = dataclasses.replace(outcome, member_probs=None)
+                by_path[path] = outcome
+            by_path = finish(by_path, store, manifest, PostProcessor(manifest))
+        finally:
+            store.close()
+    else:
+        by_path = dict(iter_outcomes(plan))
     outcomes = [by_path[p] for p in plan.entries]
     t_write = time.perf_counter()
     probs, report_entries = settle(outcomes, plan.names, plan.rows, len(manifest.labels), manifest.n_folds)

@@ -7,8 +7,9 @@
   :data:`~bird_infer.contract.schema.FALLBACK_PROB`), ``partial`` (the audio
   that decodes is predicted, the rest of the length its header claims holds the fallback, as do chunks
   on which no fold was finite), ``folds_excluded`` (a fold's NaN or inf outputs left out),
-  ``reduced_folds`` (fewer folds than the manifest has, chosen by the deadline guard) or
-  ``header_ignored`` (a header length not believed; every row predicted);
+  ``reduced_folds`` (fewer folds than the manifest has, chosen by the deadline guard),
+  ``prior_unmatched`` (a ``prior`` post-processing step found no row for the file's name: its rows were left
+  unchanged) or ``header_ignored`` (a header length not believed; every row predicted);
 - ``reason``: why (the exception, a dead worker, the time limit); ``attempts``; ``rows``; ``folds``.
 
 The report is written on every run, with only its header when nothing went wrong, so an old report
@@ -69,8 +70,8 @@ def settle(
 
     Outcomes, most severe first: ``fallback`` (no row predicted), ``partial`` (some rows hold the
     fallback: audio cut short, or chunks on which no fold was finite), ``folds_excluded`` (a fold's
-    NaN or inf left out), ``reduced_folds`` (the deadline guard), ``header_ignored`` (a header length
-    not believed; every row predicted).
+    NaN or inf left out), ``reduced_folds`` (the deadline guard), ``prior_unmatched`` (a prior step found no
+    row for the file's name), ``header_ignored`` (a header length not believed; every row predicted).
     """
     probs: list[np.ndarray] = []
     entries: list[ReportEntry] = []
@@ -91,6 +92,8 @@ def settle(
             outcome = "folds_excluded"
         elif r.n_folds < n_folds:
             outcome = "reduced_folds"
+        elif r.prior_unmatched:
+            outcome = "prior_unmatched"
         else:
             outcome = "header_ignored"
         entries.append(ReportEntry(r.path, prefix, outcome, "; ".join(notes), r.attempts, r.n_rows, r.n_folds))

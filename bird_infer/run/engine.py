@@ -19,9 +19,10 @@ from bird_infer.contract.errors import NonFiniteOutputError
 from bird_infer.contract.schema import Manifest
 from bird_infer.run.book import TaskBook
 from bird_infer.run.deadline import DeadlineGuard
-from bird_infer.run.options import RunOptions
+from bird_infer.run.options import RunOptions, keeps_member_rows
 from bird_infer.run.outcomes import FileFailure, Outcome
 from bird_infer.run.pool import run_in_pool, run_in_process
+from bird_infer.run.postprocess import PostProcessor
 from bird_infer.run.segments import Segment, assemble, plan_tasks
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,12 @@ class _Assembler:
     (:func:`bird_infer.run.segments.assemble`) once all have settled, or the file fails with its first failed
     part."""
 
-    def __init__(self, files: list[Path], segments: list[Segment], manifest: Manifest) -> None:
+    def __init__(self, files: list[Path], segments: list[Segment], manifest: Manifest, options: RunOptions) -> None:
         self.files = files
         self.segments = segments
         self.manifest = manifest
+        self.keep_members = keeps_member_rows(manifest, options)
+        self._post: PostProcessor | None = None
         self.pending = Counter(s.file for s in segments)
         self.parts: dict[int, list[Outcome]] = {}
 
@@ -58,10 +61,16 @@ class _Assembler:
         if failed:
             return FileFailure(path, f"{failed[0].reason} (in rows of a segment)", attempts)
         try:
-            joined = assemble(self.manifest, path, parts, parts[0].n_folds)  # type: ignore[arg-type]
+            joined = assemble(self.manifest, path, parts, parts[0].n_folds, self.post())  # type: ignore[arg-type]
         except NonFiniteOutputError as e:
             return FileFailure(path, f"NonFiniteOutputError: {e}", attempts)
         return replace(joined, attempts=attempts)
+
+    def post(self) -> PostProcessor | None:
+        """The parent's post-processor for split files (built at the first one; None when members are kept)."""
+        if self._post is None and not self.keep_members:
+            self._post = PostProcessor(self.manifest)
+        return self._post
 
 
 def stream_files(
@@ -85,7 +94,7 @@ def stream_files(
     segments = plan_tasks(options, file_rows)
     if len(segments) > len(files):
         log.info("%d file(s) split into %d segments, one per core", len(files), len(segments))
-    assembler = _Assembler(files, segments, manifest)
+    assembler = _Assembler(files, segments, manifest, options)
     book = TaskBook([files[s.file] for s in segments], options, guard, segments)
     task_rows = [(s.end if s.end is not None else file_rows[s.file]) - s.start for s in segments]
     workers = options.workers_for(len(segments))

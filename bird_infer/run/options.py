@@ -45,6 +45,12 @@ class RunOptions:
     """With ``engine="dask"``: the scheduler's address, or None for a LocalCluster started for the run."""
     split_files: bool = True
     """With fewer files than cores, split each long file's rows across workers (:mod:`bird_infer.run.segments`)."""
+    member_rows_ram_mb: float = 1024.0
+    """Member rows kept for a ``rank`` blend stay in memory up to this many MiB, then spill to a memory-mapped file
+    in the output's folder (:mod:`bird_infer.run.runwide`)."""
+    keep_member_rows: bool = False
+    """Keep each member's rows before the blend in every FileResult (``bird-infer tune``); a ``rank`` blend keeps
+    them whatever this says."""
     predictor_factory: Callable[[Manifest, RunOptions], Any] | None = None
     """Builds each worker's predictor (default :class:`~bird_infer.run.predictor.FilePredictor`); must be
     importable by name (spawn)."""
@@ -57,6 +63,7 @@ class RunOptions:
             "max_attempts": self.max_attempts >= 1,
             "timeout_floor_s": math.isfinite(self.timeout_floor_s) and self.timeout_floor_s > 0,
             "timeout_factor": math.isfinite(self.timeout_factor) and self.timeout_factor > 0,
+            "member_rows_ram_mb": math.isfinite(self.member_rows_ram_mb) and self.member_rows_ram_mb >= 0,
             "engine": self.engine in ENGINES,
         }
         bad = [name for name, ok in checks.items() if not ok]
@@ -81,3 +88,9 @@ def limit_native_threads(threads: int) -> None:
     """
     for var in NATIVE_THREAD_VARS:
         os.environ.setdefault(var, str(threads))
+
+
+def keeps_member_rows(manifest: Manifest, options: RunOptions) -> bool:
+    """Whether a run's files come back with their members' rows, to be blended and post-processed once every row
+    is in (:mod:`bird_infer.run.runwide`)."""
+    return manifest.blend.needs_every_row or options.keep_member_rows

@@ -56,6 +56,14 @@ class FileResult:
     """Seconds of audio that decoded (field tables run their times on across files by it)."""
     parts: int = 1
     """Segments the file was predicted in, by different workers (:mod:`bird_infer.run.segments`)."""
+    member_probs: np.ndarray | None = None
+    """Kept when the run needs every row before the blend (a ``rank`` blend, ``bird-infer tune``): each member's
+    rows before the blend, (n_members, n_rows, n_labels) float32, NaN where a member has no vote; ``probs`` then
+    holds the weighted mean, not yet post-processed."""
+    predicted: np.ndarray | None = None
+    """(n_rows,) bool: the rows that hold predictions (the others hold the fallback); None: every row."""
+    prior_unmatched: bool = False
+    """A ``prior`` step found no row of its table for this file's name: its rows were left unchanged."""
 
     @property
     def n_rows(self) -> int:

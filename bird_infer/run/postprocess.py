@@ -1,18 +1,31 @@
-"""Post-processing of one file's rows after the ensemble (the manifest's ``postprocess``; off by default).
+"""The post-processing steps (the manifest's ``postprocess``, :mod:`bird_infer.contract.postprocess`), each a pure
+numpy function on one file's rows ``probs`` (n, L) with ``valid`` (n,) marking the rows that hold predictions.
+Fallback rows are neither used nor changed; a group restricts a step to that label group's columns.
 
-1. **Smoothing** over neighbouring rows of the same file: ``p'[i] = sum_t w[t] p[i + t - h] / sum_t w[t]``
-   over the rows ``i + t - h`` that exist and hold predictions (``h = len(w) // 2``). At a file's edges,
-   and next to fallback rows, the missing neighbours are left out and the remaining weights renormalised.
-2. **File-max mixing**: ``p = (1 - a) p + a max_file(p)``, the maximum over the file's predicted rows.
+1. ``smooth``: ``p'[i] = sum_t w[t] p[i + t - h] / sum_t w[t]`` over the rows ``i + t - h`` that exist and hold
+   predictions (``h = len(w) // 2``). At a file's edges, and next to fallback rows, the missing neighbours are
+   left out and the remaining weights renormalised.
+2. ``file_max_mix``: ``p' = (1 - a) p + a max_file(p)``, the maximum over the file's predicted rows.
+3. ``file_scale``: ``p' = p * s^g``, ``s = max_file(p)`` (``max``) or the mean of the file's ``k`` highest
+   (``topk``), per label.
+4. ``prior``: ``p' = p * prior^b``, the prior the row of the table whose keys equal the named groups of the
+   pattern matched in the file's stem; no match leaves the rows unchanged (and says so).
 
-Fallback rows are neither used nor changed.
+:class:`PostProcessor` holds a bundle's steps with their prior tables read (once per process) and applies them in
+order, then clips into ``[0, PROB_MAX]``.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
-from bird_infer.contract.schema import PostProcess
+from bird_infer.contract.files import PriorTable, load_prior_table
+from bird_infer.contract.postprocess import FileMaxMix, FileScale, Prior, Smooth, Step
+from bird_infer.contract.schema import PROB_MAX, Manifest
 
 
 def smooth_rows(probs: np.ndarray, valid: np.ndarray, weights: tuple[float, ...]) -> np.ndarray:
@@ -36,14 +49,101 @@ def smooth_rows(probs: np.ndarray, valid: np.ndarray, weights: tuple[float, ...]
     return out.astype(np.float32)
 
 
-def postprocess(probs: np.ndarray, valid: np.ndarray, pp: PostProcess) -> np.ndarray:
-    """Apply ``pp`` to one file's rows ``probs`` (n, L); ``valid`` (n,) marks rows holding predictions."""
-    out = probs
-    if pp.smoothing:
-        out = smooth_rows(out, valid, pp.smoothing)
-    if pp.file_max_mix > 0 and valid.any():
-        a = pp.file_max_mix
-        peak = out[valid].max(axis=0).astype(np.float64)
-        mixed = ((1 - a) * out.astype(np.float64) + a * peak).astype(np.float32)
-        out = np.where(valid[:, None], mixed, out)
+def file_max_mix(probs: np.ndarray, valid: np.ndarray, a: float) -> np.ndarray:
+    """``(1 - a) p + a max_file(p)`` on the valid rows."""
+    if a <= 0 or not valid.any():
+        return probs
+    peak = probs[valid].max(axis=0).astype(np.float64)
+    mixed = ((1 - a) * probs.astype(np.float64) + a * peak).astype(np.float32)
+    return np.where(valid[:, None], mixed, probs)
+
+
+def file_scale(probs: np.ndarray, valid: np.ndarray, gamma: float, mode: str = "max", k: int = 3) -> np.ndarray:
+    """``p * s^gamma`` on the valid rows, ``s`` per label: the file's maximum, or the mean of its ``k`` highest."""
+    if not valid.any():
+        return probs
+    rows = probs[valid].astype(np.float64)
+    if mode == "max":
+        s = rows.max(axis=0)
+    else:
+        top = min(k, rows.shape[0])
+        s = np.sort(rows, axis=0)[-top:].mean(axis=0)
+    scaled = (probs.astype(np.float64) * np.power(s, gamma)).astype(np.float32)
+    return np.where(valid[:, None], scaled, probs)
+
+
+def apply_prior(probs: np.ndarray, valid: np.ndarray, prior: np.ndarray, beta: float) -> np.ndarray:
+    """``p * prior^beta`` on the valid rows; ``prior`` (L,) multipliers."""
+    scaled = (probs.astype(np.float64) * np.power(prior.astype(np.float64), beta)).astype(np.float32)
+    return np.where(valid[:, None], scaled, probs)
+
+
+def _on_columns(probs: np.ndarray, cols: np.ndarray | None, fn) -> np.ndarray:
+    """``fn`` applied to the columns ``cols`` only (None: all)."""
+    if cols is None:
+        return fn(probs)
+    out = probs.copy()
+    out[:, cols] = fn(probs[:, cols])
     return out
+
+
+@dataclass(frozen=True)
+class _Lookup:
+    """A prior step ready to use: its compiled pattern and its table as arrays."""
+
+    step: Prior
+    pattern: re.Pattern
+    keys: tuple[str, ...]
+    rows: dict[tuple[str, ...], np.ndarray]
+
+    def prior_for(self, path: Path) -> np.ndarray | None:
+        m = self.pattern.search(path.stem)
+        if m is None:
+            return None
+        return self.rows.get(tuple(m.group(k) or "" for k in self.keys))
+
+
+class PostProcessor:
+    """A bundle's post-processing, ready to apply: label groups resolved to columns, prior tables read and checked
+    (:func:`~bird_infer.contract.files.load_prior_table`). Built once per process."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        position = {label: j for j, label in enumerate(manifest.labels)}
+        self.columns = {g: np.array([position[x] for x in xs]) for g, xs in manifest.label_groups.items()}
+        self.lookups: dict[int, _Lookup] = {}
+        for i, step in enumerate(manifest.postprocess.steps):
+            if isinstance(step, Prior):
+                table: PriorTable = load_prior_table(manifest, step)
+                rows = {k: np.asarray(v, dtype=np.float32) for k, v in table.rows.items()}
+                self.lookups[i] = _Lookup(step, re.compile(step.pattern), table.keys, rows)
+
+    @property
+    def active(self) -> bool:
+        return self.manifest.postprocess.active
+
+    def apply(self, probs: np.ndarray, valid: np.ndarray, path: Path, steps: tuple[Step, ...] | None = None):
+        """One file's rows after every step (``steps``: the manifest's by default), clipped into [0, PROB_MAX].
+        Returns (rows (n, L) float32, notes: what a step could not do for this file)."""
+        notes: list[str] = []
+        out = probs
+        for i, step in enumerate(self.manifest.postprocess.steps if steps is None else steps):
+            cols = self.columns.get(getattr(step, "group", None) or "")
+            if isinstance(step, Smooth):
+                out = _on_columns(out, cols, lambda p, s=step: smooth_rows(p, valid, s.kernel))
+            elif isinstance(step, FileMaxMix):
+                out = file_max_mix(out, valid, step.a)
+            elif isinstance(step, FileScale):
+                out = _on_columns(out, cols, lambda p, s=step: file_scale(p, valid, s.gamma, s.mode, s.k))
+            else:
+                lookup = self.lookups.get(i) if steps is None else self._lookup(step)
+                prior = lookup.prior_for(path) if lookup is not None else None
+                if prior is None:
+                    notes.append(f"prior {step.table}: no row for the name {path.stem!r}; rows left unchanged")
+                else:
+                    out = apply_prior(out, valid, prior, step.beta)
+        return np.where(valid[:, None], np.clip(out, 0.0, PROB_MAX), out).astype(np.float32), notes
+
+    def _lookup(self, step: Prior) -> _Lookup | None:
+        """The lookup of a step given by the caller (``tune``'s candidates): the manifest's step with its table."""
+        return next((lk for lk in self.lookups.values() if lk.step.table == step.table), None)

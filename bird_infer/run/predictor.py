@@ -17,8 +17,9 @@ import numpy as np
 from bird_infer.audio.decode import RowReader
 from bird_infer.contract.schema import Manifest
 from bird_infer.contract.text import describe_exception
-from bird_infer.run.options import RunOptions
+from bird_infer.run.options import RunOptions, keeps_member_rows
 from bird_infer.run.outcomes import FileFailure, FileResult, PartResult, StageTimes
+from bird_infer.run.postprocess import PostProcessor
 from bird_infer.run.segments import assemble
 from bird_infer.runtime.ensemble import BundleModel
 from bird_infer.runtime.machine import peak_memory_mb
@@ -38,6 +39,8 @@ class FilePredictor:
         self.manifest = manifest
         self.options = options
         self.ensemble = BundleModel(manifest, options.session)
+        self.keep_members = keeps_member_rows(manifest, options)
+        self.post = None if self.keep_members else PostProcessor(manifest)
 
     def predict_file(self, path: Path, n_folds: int | None = None) -> FileResult:
         """The file's rows: decoded once, each distinct front-end once per block, the bundle's first ``n_folds``
@@ -47,7 +50,7 @@ class FilePredictor:
         Raises AudioDecodeError when nothing decodes, NonFiniteOutputError when no fold is finite for any
         chunk, or whatever ONNX Runtime raises.
         """
-        return assemble(self.manifest, path, [self.predict_part(path, n_folds)], n_folds)
+        return assemble(self.manifest, path, [self.predict_part(path, n_folds)], n_folds, self.post)
 
     def predict_part(
         self, path: Path, n_folds: int | None = None, start: int = 0, end: int | None = None
@@ -60,6 +63,7 @@ class FilePredictor:
         kept = bundle.kept(k)
         decode_s = frontend_s = model_s = 0.0
         parts: list[np.ndarray] = []
+        member_parts: list[np.ndarray] = []
         bad_chunks = [np.zeros(len(f), dtype=np.int64) for f in kept]
         reader = RowReader(path, bundle.specs, self.manifest.row_s, self.options.block_chunks)
         reached_end = True
@@ -75,8 +79,10 @@ class FilePredictor:
             if lo or hi < n:
                 windows = {spec: w[lo:hi] for spec, w in windows.items()}
             t1 = time.perf_counter()
-            probs, masks = bundle.predict_windows(windows, k)
+            probs, masks, members = bundle.predict_windows(windows, k, self.keep_members)
             parts.append(probs)
+            if members is not None:
+                member_parts.append(members)
             for counts, bad in zip(bad_chunks, masks, strict=True):
                 counts += bad.sum(axis=1)
             t2 = time.perf_counter()
@@ -97,7 +103,16 @@ class FilePredictor:
             reader_rows=reader.rows if reached_end else 0,
             reader_notes=tuple(n for n in (reader.note, reader.error) if n) if reached_end else (),
             bad_chunks=tuple(tuple(int(c) for c in counts) for counts in bad_chunks),
+            member_probs=self._member_rows(member_parts),
         )
+
+    def _member_rows(self, blocks: list[np.ndarray]) -> np.ndarray | None:
+        """The member rows of a part (n_members, rows, n_labels), when they are kept; a part with no rows has 0."""
+        if not self.keep_members:
+            return None
+        if not blocks:
+            return np.zeros((len(self.manifest.members), 0, len(self.manifest.labels)), np.float32)
+        return np.concatenate(blocks, axis=1)
 
 
 def predict_or_fail(predictor: FilePredictor, path: Path, n_folds: int | None) -> FileResult | FileFailure:

@@ -25,7 +25,7 @@ from bird_infer.contract.errors import NonFiniteOutputError
 from bird_infer.contract.schema import FALLBACK_PROB, Manifest
 from bird_infer.run.options import RunOptions
 from bird_infer.run.outcomes import FileResult, PartResult, StageTimes
-from bird_infer.run.postprocess import postprocess
+from bird_infer.run.postprocess import PostProcessor
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,11 @@ def plan_tasks(options: RunOptions, rows: Sequence[int]) -> list[Segment]:
     return [Segment(i) for i in range(len(rows))]
 
 
-def assemble(manifest: Manifest, path: Path, parts: Sequence[PartResult], n_folds: int | None) -> FileResult:
-    """The file's :class:`~bird_infer.run.outcomes.FileResult` from its parts (any order). Raises
+def assemble(
+    manifest: Manifest, path: Path, parts: Sequence[PartResult], n_folds: int | None, post: PostProcessor | None
+) -> FileResult:
+    """The file's :class:`~bird_infer.run.outcomes.FileResult` from its parts (any order), post-processed by
+    ``post`` (None: the run post-processes later, with every row: its members' rows are kept). Raises
     NonFiniteOutputError when no fold was finite on any chunk."""
     parts = sorted(parts, key=lambda p: p.first_row)
     tail = next(p for p in reversed(parts) if p.reached_end)
@@ -86,12 +89,24 @@ def assemble(manifest: Manifest, path: Path, parts: Sequence[PartResult], n_fold
     if unpredicted.all():
         raise NonFiniteOutputError(f"fold(s) {[n for n, _ in excluded]} produced NaN or inf on every chunk")
     probs[unpredicted] = FALLBACK_PROB
-    if manifest.postprocess.active:
-        probs = postprocess(probs, ~unpredicted, manifest.postprocess)
+    notes = list(tail.reader_notes)
+    unmatched = False
+    if post is not None and post.active:
+        probs, step_notes = post.apply(probs, ~unpredicted, path)
+        notes += step_notes
+        unmatched = bool(step_notes)
+    members = None
+    if post is None:
+        members = np.concatenate([p.member_probs for p in parts], axis=1)  # type: ignore[misc]
+        members[:, unpredicted] = np.nan
     missing = tail.reader_rows - len(probs)
+    predicted = ~unpredicted
     if missing > 0:
         probs = np.concatenate([probs, np.full((missing, probs.shape[1]), FALLBACK_PROB, np.float32)])
-    notes = list(tail.reader_notes)
+        predicted = np.concatenate([predicted, np.zeros(missing, dtype=bool)])
+        if members is not None:
+            pad = np.full((members.shape[0], missing, members.shape[2]), np.nan, np.float32)
+            members = np.concatenate([members, pad], axis=1)
     if missing > 0:
         notes.append(f"{missing} of {tail.reader_rows} rows hold the fallback")
     if excluded:
@@ -110,4 +125,7 @@ def assemble(manifest: Manifest, path: Path, parts: Sequence[PartResult], n_fold
         notes=tuple(notes),
         duration_s=tail.duration_s,
         parts=len(parts),
+        member_probs=members,
+        predicted=predicted,
+        prior_unmatched=unmatched,
     )

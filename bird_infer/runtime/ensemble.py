@@ -15,6 +15,7 @@ from bird_infer.audio.logmel import LogMelFrontend
 from bird_infer.contract.errors import NonFiniteOutputError, PrecisionRefusedError
 from bird_infer.contract.schema import PROB_MAX, FrontendConfig, Manifest, Member, fold_file
 from bird_infer.runtime.birdnet import BirdnetRunner
+from bird_infer.runtime.blend import blend, member_weights
 from bird_infer.runtime.sessions import SessionSettings, make_openvino_runner, ort_runner
 
 
@@ -120,6 +121,7 @@ class BundleModel:
         self.specs = [WindowSpec.of(m.audio) for m in manifest.members]
         position = {label: j for j, label in enumerate(manifest.labels)}
         self.label_index = [np.array([position[x] for x in m.labels]) for m in manifest.members]
+        self.weights = member_weights(manifest)
         self.frontends: dict[tuple[WindowSpec, FrontendConfig], LogMelFrontend] = {}
         for spec, m in zip(self.specs, manifest.members, strict=True):
             if m.frontend is not None and (spec, m.frontend) not in self.frontends:
@@ -146,26 +148,28 @@ class BundleModel:
         return feats
 
     def predict_windows(
-        self, windows: dict[WindowSpec, np.ndarray], n_folds: int | None = None
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One block of rows -> (probabilities (k, n_labels) float32, NaN where no member voted;
-        per member, the (folds kept, k) mask of fold outputs left out for NaN or inf)."""
+        self, windows: dict[WindowSpec, np.ndarray], n_folds: int | None = None, keep_members: bool = False
+    ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
+        """One block of rows -> (probabilities (k, n_labels) float32 blended by the manifest's rule, NaN where no
+        member voted; per member, the (folds kept, k) mask of fold outputs left out for NaN or inf; with
+        ``keep_members``, the members' stack (n_members, k, n_labels) before the blend, else None). A ``rank``
+        blend needs every row of the run: here its rows are the weighted mean, for progress and detect alone."""
         feats = self.features(windows)
         keep = self.kept(n_folds)
         n = next(iter(windows.values())).shape[0]
-        acc = np.zeros((n, len(self.manifest.labels)), dtype=np.float64)
-        wsum = np.zeros_like(acc)
+        stack = np.full((len(self.members), n, len(self.manifest.labels)), np.nan, dtype=np.float32)
         masks = []
-        for model, spec, idx, folds in zip(self.members, self.specs, self.label_index, keep, strict=True):
+        for i, (model, spec, idx, folds) in enumerate(
+            zip(self.members, self.specs, self.label_index, keep, strict=True)
+        ):
             p, bad = model.predict_with_mask(feats[(spec, model.member.frontend)], folds)
             masks.append(bad)
             voted = ~np.isnan(p).any(axis=1)
-            w = model.member.weight
-            acc[np.ix_(voted, idx)] += w * p[voted].astype(np.float64)
-            wsum[np.ix_(voted, idx)] += w
-        with np.errstate(invalid="ignore", divide="ignore"):
-            probs = np.where(wsum > 0, acc / wsum, np.nan).astype(np.float32)
-        return probs, masks
+            stack[i][np.ix_(voted, idx)] = p[voted]
+        blend_rule = self.manifest.blend
+        rule = "mean" if blend_rule.rule == "rank" else blend_rule.rule
+        probs = blend(stack, self.weights, rule, blend_rule.power)
+        return probs, masks, (stack if keep_members else None)
 
     def fold_names(self) -> list[list[str]]:
         """Each member's fold names as reports show them (``member/fold`` when there are several members)."""

@@ -101,7 +101,7 @@ def run_trial(
         bundle = BundleModel(manifest, settings)
     except PrecisionRefusedError as e:
         return Trial(settings.backend, settings.precision, None, None, str(e)), None
-    probs, _ = bundle.predict_windows(windows)
+    probs, _, _ = bundle.predict_windows(windows)
     t0 = time.perf_counter()
     bundle.predict_windows(windows)
     n = next(iter(windows.values())).shape[0]

@@ -1,0 +1,146 @@
+"""How members' rows become the submission's: the blend of the members, label groups, and the ordered
+post-processing steps. Frozen dataclasses, each field documented in its metadata (error messages and the README
+quote it); parsing is in :mod:`bird_infer.contract.parse_post`, the arithmetic in :mod:`bird_infer.runtime.blend`
+and :mod:`bird_infer.run.postprocess`.
+
+Order of operations for each file: the members' rows are blended (:class:`Blend`), then the steps run in the
+manifest's order, then every probability is clipped into ``[0, PROB_MAX]`` (strictly below 1, finite). Rows that
+hold the fallback are never blended, ranked, smoothed or scaled: they keep the fallback value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+BLEND_RULES = ("mean", "rank", "power")
+FILE_SCALE_MODES = ("max", "topk")
+UNMATCHED_PRIOR = "leave"
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class Blend:
+    """How the members' probabilities of a label become one."""
+
+    rule: str = field(
+        default="mean",
+        metadata=_doc(
+            "mean: the weighted mean of the members' probabilities (the default); rank: each member's outputs "
+            "rank-transformed per label over every row of the run, ranks scaled into [0, 1), then the weighted "
+            "mean (needs every row: predict only); power: (weighted mean of p^k)^(1/k)."
+        ),
+    )
+    power: float = field(default=2.0, metadata=_doc("k of the power blend (> 0); unused by the other rules."))
+    group_weights: dict[str, dict[str, float]] = field(
+        default_factory=dict,
+        metadata=_doc(
+            "Member weights per label group: {group: {member: weight}}; a member not named keeps its own weight "
+            "on that group's labels. A specialist weighs more on its taxon."
+        ),
+    )
+
+    @property
+    def needs_every_row(self) -> bool:
+        """The rule needs every row of the run before any file's rows are final (rank)."""
+        return self.rule == "rank"
+
+
+@dataclass(frozen=True)
+class Smooth:
+    """Weighted mean over neighbouring rows of the same file."""
+
+    kind: ClassVar[str] = "smooth"
+    kernel: tuple[float, ...] = field(
+        metadata=_doc(
+            "Weights over neighbouring rows, odd length, centred (e.g. [0.1, 0.8, 0.1]): p'[i] = sum_t w[t] "
+            "p[i + t - h] / sum_t w[t] over the rows that exist and hold predictions (h = len // 2)."
+        )
+    )
+    group: str | None = field(default=None, metadata=_doc("Only this label group's columns; null: every label."))
+
+
+@dataclass(frozen=True)
+class FileMaxMix:
+    """Each row mixed with the file's maximum."""
+
+    kind: ClassVar[str] = "file_max_mix"
+    a: float = field(metadata=_doc("a in p' = (1 - a) p + a max_file(p), in [0, 1]."))
+
+
+@dataclass(frozen=True)
+class FileScale:
+    """Each row scaled by how strongly the label shows anywhere in the file."""
+
+    kind: ClassVar[str] = "file_scale"
+    gamma: float = field(metadata=_doc("Exponent g >= 0 in p' = p * s^g (0.4 in published solutions)."))
+    mode: str = field(
+        default="max",
+        metadata=_doc("max: s = max over the file's rows of p; topk: s = mean of the file's k highest p."),
+    )
+    k: int = field(default=3, metadata=_doc("Rows averaged by topk (a file with fewer rows averages them all)."))
+    group: str | None = field(default=None, metadata=_doc("Only this label group's columns; null: every label."))
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A per-label multiplier looked up from the file's name (site, hour...), learned from training labels."""
+
+    kind: ClassVar[str] = "prior"
+    pattern: str = field(
+        metadata=_doc(
+            "A Python regular expression with named groups, searched in the file's name (its stem); e.g. "
+            r"'^(?P<site>[A-Z]+\d+)_\d{8}_(?P<hour>\d{2})' for BirdCLEF 2025-2026 names like "
+            "H02_20230420_074000."
+        )
+    )
+    table: str = field(
+        metadata=_doc(
+            "A CSV in the bundle (relative to manifest.json): one column per named group, then one column per "
+            "bundle label holding the multiplier (>= 0) for files whose groups equal that row's."
+        )
+    )
+    sha256: str = field(metadata=_doc("The table's sha256, checked at every load."))
+    beta: float = field(default=1.0, metadata=_doc("Exponent b >= 0 in p' = p * prior^b."))
+    unmatched: str = field(
+        default=UNMATCHED_PRIOR,
+        metadata=_doc(
+            "A file whose name does not match, or whose groups have no row: 'leave' its rows unchanged (the "
+            "error report says so, outcome prior_unmatched)."
+        ),
+    )
+
+
+Step = Smooth | FileMaxMix | FileScale | Prior
+STEP_KINDS: dict[str, type] = {cls.kind: cls for cls in (Smooth, FileMaxMix, FileScale, Prior)}
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """The ordered steps applied to each file's blended rows; off (no steps) by default."""
+
+    steps: tuple[Step, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.steps)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """The steps as the manifest writes them."""
+        out = []
+        for s in self.steps:
+            d: dict[str, Any] = {"step": s.kind}
+            for f in fields(s):
+                value = getattr(s, f.name)
+                d[f.name] = list(value) if isinstance(value, tuple) else value
+            out.append(d)
+        return out
+
+
+def step_doc(kind: str) -> str:
+    """Every field of step ``kind`` with its description, for error messages."""
+    cls = STEP_KINDS[kind]
+    return "; ".join(f"{f.name}: {f.metadata.get('doc', '')}" for f in fields(cls))
