@@ -2,6 +2,7 @@
 
     python -m benchmarks.latency                      # full: 8 soundscapes (80 minutes of audio)
     python -m benchmarks.latency --soundscapes 2 --check   # short (CI): exit 1 if the projection fails
+    python -m benchmarks.latency --ensemble-2026 --soundscapes 4   # a 2026-shaped ensemble (ensemble2026.py)
 
 In one run it measures, all on this machine:
 
@@ -597,6 +598,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 when the projection exceeds the limit")
     p.add_argument("--no-nfnet", action="store_true", help="skip timing the 5 b0 + eca_nfnet_l0 mixed ensemble")
     p.add_argument("--no-isa", action="store_true", help="skip the AVX2 bound (OpenVINO default vs AVX2)")
+    p.add_argument(
+        "--ensemble-2026",
+        action="store_true",
+        help="time a 2026-shaped ensemble instead (benchmarks/ensemble2026.py): 5 b0 folds, a frame-wise 10-s "
+        "member with shifts, a Perch-v2-sized stand-in with two heads; one-minute soundscapes",
+    )
     p.add_argument("--torch-default-child", help=argparse.SUPPRESS)
     p.add_argument("--ov-isa-child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -605,6 +612,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.ov_isa_child:
         ov_isa_child(args)
+        return 0
+    if args.ensemble_2026:
+        from benchmarks.ensemble2026 import print_table
+        from benchmarks.ensemble2026 import run as run_2026
+
+        result = run_2026(args)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(result, indent=2))
+        print_table(result)
         return 0
     result = run(args)
     fits, line = verdict(result)

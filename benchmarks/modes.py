@@ -110,7 +110,7 @@ def fold_ms_in_mode(path: str, feats: np.ndarray, backend: str, precision: str, 
     from bird_infer.runtime.sessions import make_openvino_runner, make_session
 
     if backend == "openvino":
-        run = make_openvino_runner(path, 1, precision, "clipwise", "logmel", (1, *feats.shape[1:]))
+        run = make_openvino_runner(path, 1, precision, ["clipwise"], "logmel", (1, *feats.shape[1:]))
     else:
         sess = make_session(path, 1)
 

@@ -56,10 +56,10 @@ def ov_runner(path: Path, precision: str):
     """One fold in OpenVINO, compiled as inference compiles it (dynamic batch)."""
     from bird_infer.runtime.sessions import make_openvino_runner
 
-    runner = make_openvino_runner(str(path), 1, precision, "clipwise")
+    runner = make_openvino_runner(str(path), 1, precision, ["clipwise"])
 
     def run(x: np.ndarray) -> np.ndarray:
-        return runner("logmel", x)
+        return runner("logmel", x)[0]
 
     return run
 

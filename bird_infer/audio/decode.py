@@ -148,15 +148,16 @@ def audio_info(path: str | Path) -> AudioInfo:
 @dataclass(frozen=True)
 class WindowSpec:
     """What one kind of model call needs: audio at ``sample_rate`` (resampled by ``resampler``), in windows of
-    ``window_samples`` centred on each row."""
+    ``window_samples`` centred on each row, moved by ``offset_samples`` (a test-time shift)."""
 
     sample_rate: int
     window_samples: int
     resampler: str = "soxr_hq"
+    offset_samples: int = 0
 
     @classmethod
-    def of(cls, audio: AudioConfig) -> WindowSpec:
-        return cls(audio.sample_rate, audio.chunk_samples, audio.resampler)
+    def of(cls, audio: AudioConfig, offset_s: float = 0.0) -> WindowSpec:
+        return cls(audio.sample_rate, audio.chunk_samples, audio.resampler, round(offset_s * audio.sample_rate))
 
 
 class _Stream:
@@ -178,11 +179,12 @@ class _Stream:
             self.pieces.append(np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0))
             self.total += out.size
 
-    def start(self, row: int, window: int) -> int:
-        """First sample of ``row``'s window: centred on the row (for a window of one row: the row itself)."""
-        return row * self.row_samples + (self.row_samples - window) // 2
+    def start(self, row: int, window: int, offset: int = 0) -> int:
+        """First sample of ``row``'s window: centred on the row (for a window of one row: the row itself), then
+        moved by ``offset`` samples."""
+        return row * self.row_samples + (self.row_samples - window) // 2 + offset
 
-    def windows(self, first_row: int, n_rows: int, window: int) -> np.ndarray:
+    def windows(self, first_row: int, n_rows: int, window: int, offset: int = 0) -> np.ndarray:
         """(n_rows, window) float32; samples before the file's start or past its end are zero."""
         buf = (
             np.concatenate(self.pieces)
@@ -193,7 +195,7 @@ class _Stream:
         out = np.zeros((n_rows, window), dtype=np.float32)
         end_buf = self.base + buf.size
         for k in range(n_rows):
-            s = self.start(first_row + k, window)
+            s = self.start(first_row + k, window, offset)
             a, b = max(s, self.base), min(s + window, end_buf)
             if b > a:
                 out[k, a - s : b - s] = buf[a - self.base : b - self.base]
@@ -287,14 +289,15 @@ class RowReader:
             while ready - next_row >= self.block_rows or (last and ready > next_row):
                 k = min(self.block_rows, ready - next_row)
                 block = {
-                    s: streams[(s.sample_rate, s.resampler)].windows(next_row, k, s.window_samples) for s in self.specs
+                    s: streams[(s.sample_rate, s.resampler)].windows(next_row, k, s.window_samples, s.offset_samples)
+                    for s in self.specs
                 }
                 yield next_row, block
                 next_row += k
                 self.decoded = next_row
                 for key, stream in streams.items():
                     starts = [
-                        stream.start(next_row, s.window_samples)
+                        stream.start(next_row, s.window_samples, s.offset_samples)
                         for s in self.specs
                         if (s.sample_rate, s.resampler) == key
                     ]
@@ -314,8 +317,8 @@ class RowReader:
         """Rows whose ``spec`` window lies wholly within the samples received so far."""
         stream = streams[(spec.sample_rate, spec.resampler)]
         r, w = stream.row_samples, spec.window_samples
-        # row i is ready when start(i) + w <= total, start(i) = i * r + (r - w) // 2
-        return max(0, (stream.total - w - (r - w) // 2) // r + 1)
+        # row i is ready when start(i) + w <= total, start(i) = i * r + (r - w) // 2 + offset
+        return max(0, (stream.total - w - (r - w) // 2 - spec.offset_samples) // r + 1)
 
 
 class ChunkReader:

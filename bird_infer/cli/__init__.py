@@ -19,6 +19,7 @@ from bird_infer.cli.args import (
     unit_interval,
 )
 from bird_infer.cli.commands import (
+    add_member_from_args,
     birdnet_bundle_from_args,
     bundle_from_args,
     detect_from_args,
@@ -169,6 +170,39 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--edition", help="a BirdCLEF slug (birdclef-2025) whose metric to use")
     sc.add_argument("--padding", type=positive_int, default=5, help="padded cmAP's padding rows (default 5)")
     sc.set_defaults(func=score_from_args)
+    am = sub.add_parser("add-member", help="add any ONNX model to a bundle as a member (or a head on another's output)")
+    am.add_argument("bundle", type=Path, help="the bundle folder (holding manifest.json)")
+    am.add_argument("--onnx", type=Path, required=True, help="the model file (copied into the bundle)")
+    am.add_argument("--name", required=True, help="the member's name (its file becomes NAME.onnx)")
+    am.add_argument("--output", required=True, help="the output to use (its name in the ONNX graph)")
+    am.add_argument("--holds", choices=["probabilities", "logits"], default="probabilities", help="what it holds")
+    am.add_argument(
+        "--activation",
+        choices=["none", "sigmoid", "softmax"],
+        default="none",
+        help="for logits: how to make them probabilities (softmax: over every output column)",
+    )
+    am.add_argument("--input", choices=["waveform", "logmel"], default="waveform", help="what the model takes")
+    am.add_argument("--frontend-config", type=Path, help="--input logmel: a JSON with every log-mel field")
+    am.add_argument("--input-name", help="the model's input (default: its only one)")
+    am.add_argument("--sample-rate", type=positive_int, default=32000, help="Hz (default 32000)")
+    am.add_argument("--window-s", type=positive_float, default=5.0, help="seconds one call sees (default 5)")
+    am.add_argument("--resampler", default="soxr_hq", help="how other rates are brought to --sample-rate")
+    am.add_argument(
+        "--labels", type=Path, help="the model's labels, one per line in output order (default: the bundle's)"
+    )
+    am.add_argument(
+        "--label-map", type=Path, help="CSV member_label,bundle_label (labels it does not name are ignored)"
+    )
+    am.add_argument("--framewise", action="store_true", help="the output is frame-wise (batch, labels, frames)")
+    am.add_argument("--time-axis", type=int, choices=[1, 2], default=2, help="frame-wise: the frames' axis (default 2)")
+    am.add_argument("--frame-reduce", choices=["mean", "max"], default="mean", help="frame-wise: a row's frames")
+    am.add_argument("--embedding", nargs="*", help="outputs other members may read (a head's input)")
+    am.add_argument("--source", help="a head: MEMBER:OUTPUT, the other member's output it takes")
+    am.add_argument("--weight", type=positive_float, default=1.0, help="the member's weight (default 1)")
+    am.add_argument("--shifts", nargs="*", help="test-time shifts OFFSET_S:WEIGHT, e.g. -1.25:1 0:2 1.25:2")
+    am.add_argument("--check-audio", type=Path, nargs="+", required=True, help="real recordings to check the model on")
+    am.set_defaults(func=add_member_from_args)
     tu = sub.add_parser(
         "tune", help="choose the post-processing's parameters on labelled soundscapes (cross-validated over files)"
     )

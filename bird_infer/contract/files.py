@@ -30,7 +30,8 @@ def sha256_file(path: Path, block_bytes: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _onnx_dims(value_info: Any) -> tuple[int | str, ...]:
+def onnx_dims(value_info: Any) -> tuple[int | str, ...]:
+    """A graph input's or output's dimensions: sizes, or the symbolic names ('?' when unnamed)."""
     dims = value_info.type.tensor_type.shape.dim
     return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
 
@@ -43,8 +44,8 @@ def _check_model_file(m: Manifest, member: Member, fold: FoldSpec) -> None:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and others: any failure means an unusable file
         raise ModelShapeError(f"fold {fold.name}: {path} is not a readable ONNX model ({e})") from e
-    graph_inputs = {i.name: _onnx_dims(i) for i in model.graph.input}
-    graph_outputs = {o.name: _onnx_dims(o) for o in model.graph.output}
+    graph_inputs = {i.name: onnx_dims(i) for i in model.graph.input}
+    graph_outputs = {o.name: onnx_dims(o) for o in model.graph.output}
     if fold.input.name not in graph_inputs:
         raise ModelShapeError(
             f"fold {fold.name}: the model has no input named {fold.input.name!r} (it has {list(graph_inputs)})"
@@ -54,17 +55,18 @@ def _check_model_file(m: Manifest, member: Member, fold: FoldSpec) -> None:
             f"fold {fold.name}: model input shape {list(graph_inputs[fold.input.name])} differs from the "
             f"manifest's {list(fold.input.shape)}"
         )
-    specs = [fold.clipwise] + ([fold.segmentwise] if fold.segmentwise else [])
+    specs = [fold.clipwise, *([fold.segmentwise] if fold.segmentwise else []), *fold.embeddings]
     for spec in specs:
         if spec.name not in graph_outputs:
             raise ModelShapeError(
                 f"fold {fold.name}: the model has no output named {spec.name!r} (it has {list(graph_outputs)})"
             )
-    width = graph_outputs[fold.clipwise.name][-1]
-    if width != len(member.labels):
+    used = fold.segmentwise if member.ensemble.output == "framewise" and fold.segmentwise else fold.clipwise
+    problem = member.width_problem(member.output_width(fold, graph_outputs[used.name]), "classes")
+    if problem is not None:
         raise LabelCountMismatchError(
-            f"fold {fold.name}: {path.name} outputs {width} classes but the manifest lists {len(member.labels)} "
-            "labels; ship the labels this model was trained with, or the model trained with these labels"
+            f"fold {fold.name}: {path.name} outputs {problem}; ship the labels this model was trained with, or the "
+            "model trained with these labels"
         )
 
 

@@ -1,6 +1,9 @@
-"""The model manifest on disk: ``models/manifest.json`` beside the fold files, the one source of truth between
-training and inference. Loading parses and checks everything that can be checked without audio
-(:mod:`bird_infer.contract.parse`), then every fold file (:mod:`bird_infer.contract.files`), so that a bad bundle
+"""The model manifest: ``models/manifest.json`` beside the fold files, the one source of truth between training
+and inference. :func:`manifest_from_dict` parses and checks everything that can be checked without audio
+(sections: :mod:`bird_infer.contract.parse`, members: :mod:`bird_infer.contract.parse_member`, blend and steps:
+:mod:`bird_infer.contract.parse_post`); schema 1 (one model family: ``labels``, ``audio``, ``frontend``,
+``folds``, ``ensemble``) still loads, as one member named ``default`` of weight 1. Loading then checks every fold
+file (:mod:`bird_infer.contract.files`), so that a bad bundle
 fails before the first file is decoded, with a message that names the field and says what to fix. Nothing here
 imports torch: the inference path reads the manifest, and the exporter writes it.
 """
@@ -9,13 +12,122 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from bird_infer.contract.errors import ManifestError, ModelFileMissingError
+from bird_infer.contract.errors import (
+    InvalidFieldError,
+    ManifestError,
+    MissingFieldError,
+    ModelFileMissingError,
+    SchemaVersionError,
+)
+from bird_infer.contract.fields import get_field, positive
 from bird_infer.contract.files import verify_files
-from bird_infer.contract.parse import manifest_from_dict
-from bird_infer.contract.schema import MANIFEST_NAME, Manifest
+from bird_infer.contract.parse import check_labels
+from bird_infer.contract.parse_member import parse_member, resolve_heads
+from bird_infer.contract.parse_post import parse_blend, parse_label_groups, parse_postprocess
+from bird_infer.contract.schema import MANIFEST_NAME, Manifest, SpeciesName
+
+SUPPORTED_SCHEMAS = (1, 2)
 
 __all__ = ["MANIFEST_NAME", "load_manifest", "manifest_from_dict", "write_manifest"]
+
+
+def _schema1_to_2(d: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 manifest as a one-member schema-2 dict (member ``default``, weight 1, rows = its clips)."""
+    audio = get_field(d, "audio", "manifest")
+    frontend = get_field(d, "frontend", "manifest")
+    member = {
+        "name": "default",
+        "weight": 1.0,
+        "labels": d.get("labels"),
+        "audio": audio,
+        "frontend": {"kind": "logmel", **frontend} if isinstance(frontend, dict) else frontend,
+        "folds": get_field(d, "folds", "manifest"),
+        "ensemble": d.get("ensemble", {}),
+        "model": d.get("model", {}),
+    }
+    row_s = audio.get("clip_s", 5.0) if isinstance(audio, dict) else 5.0
+    return {
+        "labels": d.get("labels"),
+        "row_s": row_s,
+        "members": [member],
+        "description": d.get("description", ""),
+        "names": d.get("names", {}),
+    }
+
+
+def _parse_names(d: Any, labels: tuple[str, ...]) -> dict[str, SpeciesName]:
+    """``names``: {label: {"scientific": str, "common": str}} for some or all bundle labels."""
+    if not isinstance(d, dict):
+        raise InvalidFieldError('manifest field \'names\' must map labels to {"scientific": ..., "common": ...}')
+    known = set(labels)
+    out: dict[str, SpeciesName] = {}
+    for label, entry in d.items():
+        where = f"manifest field 'names'[{label!r}]"
+        if label not in known:
+            raise InvalidFieldError(f"{where}: {label!r} is not a bundle label")
+        if not isinstance(entry, dict):
+            raise InvalidFieldError(f'{where} must be {{"scientific": ..., "common": ...}}')
+        values = [get_field(entry, k, where) for k in ("scientific", "common")]
+        if any(not isinstance(v, str) or not v.strip() or any(c in v for c in "\t\r\n") for v in values):
+            raise InvalidFieldError(f"{where}: names must be non-empty text without tabs or line breaks")
+        out[label] = SpeciesName(*values)
+    return out
+
+
+def manifest_from_dict(d: dict[str, Any], root: Path) -> Manifest:
+    """Parse and check a manifest dict (no file access). Raises a ManifestError subclass."""
+    if not isinstance(d, dict):
+        raise InvalidFieldError("manifest.json must hold a JSON object")
+    version = d.get("schema_version")
+    if version is None:
+        raise MissingFieldError("manifest field 'schema_version' is missing: add \"schema_version\": 2")
+    if version not in SUPPORTED_SCHEMAS or isinstance(version, bool):
+        raise SchemaVersionError(
+            f"manifest schema_version {version!r} is not supported; this bird_infer reads versions "
+            f"{list(SUPPORTED_SCHEMAS)}. Re-export the models with this version's `bird-infer export`, "
+            "or install the bird_infer version that wrote them."
+        )
+    labels = check_labels(get_field(d, "labels", "manifest"), "manifest field 'labels'")
+    if version == 1:
+        d = _schema1_to_2(d)
+    row_s = positive(d.get("row_s", 5.0), "row_s")
+    raw_members = get_field(d, "members", "manifest")
+    if not isinstance(raw_members, list) or not raw_members:
+        raise InvalidFieldError("manifest field 'members' must list at least one member")
+    members = resolve_heads(tuple(parse_member(m, i, labels, row_s) for i, m in enumerate(raw_members)))
+    names = [m.name for m in members]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InvalidFieldError(f"member names repeat: {dup}; give each member its own name")
+    covered = {x for m in members for x in m.labels}
+    uncovered = [x for x in labels if x not in covered]
+    if uncovered:
+        raise InvalidFieldError(
+            f"bundle labels {uncovered[:10]} ({len(uncovered)}) are predicted by no member; remove them from "
+            "'labels' or add a member that has them"
+        )
+    files = [f.file for m in members for f in m.folds]
+    if len(set(files)) != len(files):
+        raise InvalidFieldError("two folds name the same file; each fold needs its own ONNX file")
+    drop_order = d.get("drop_order", [])
+    if not isinstance(drop_order, list) or any(n not in names for n in drop_order):
+        raise InvalidFieldError(f"drop_order must list member names {names}, got {drop_order!r}")
+    groups = parse_label_groups(d.get("label_groups", {}), labels)
+    return Manifest(
+        labels=labels,
+        members=members,
+        row_s=row_s,
+        postprocess=parse_postprocess(d.get("postprocess", []), groups),
+        blend=parse_blend(d.get("blend", {}), groups, names),
+        label_groups=groups,
+        drop_order=tuple(drop_order),
+        description=str(d.get("description", "")),
+        schema_version=int(version),
+        root=root,
+        names=_parse_names(d.get("names", {}), labels),
+    )
 
 
 def load_manifest(path: str | Path, verify: bool = True) -> Manifest:

@@ -50,7 +50,9 @@ MEL_SCALES = ("slaney", "htk")
 MEL_NORMS = ("slaney", "none")
 NORMALIZATIONS = ("none", "minmax", "standardize")
 COMBINE_RULES = ("mean", "rms")
-ENSEMBLE_OUTPUTS = ("clipwise", "segment_max")
+ENSEMBLE_OUTPUTS = ("clipwise", "segment_max", "framewise")
+ACTIVATIONS = ("none", "sigmoid", "softmax")
+FRAME_REDUCES = ("mean", "max")
 
 
 @dataclass(frozen=True)
@@ -167,9 +169,12 @@ class FoldSpec:
     clipwise: TensorSpec
     """Clip-wise probabilities, shape (batch, n_labels)."""
     segmentwise: TensorSpec | None = None
-    """Segment-wise probabilities, shape (batch, n_labels, segments), if exported."""
+    """Segment-wise (frame-wise) outputs, shape (batch, n_labels, segments) or (batch, segments, n_labels), if
+    exported."""
     int8: QuantizedSpec | None = None
     """The fold quantized to int8 (``bird-infer quantize``), if made."""
+    embeddings: tuple[TensorSpec, ...] = ()
+    """Other outputs (batch, dim) that heads of other members read (a backbone's embedding)."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,18 @@ class EnsembleConfig:
     combine: str = "mean"
     """``mean`` of the folds, or ``rms`` (square root of the mean of squares)."""
     output: str = "clipwise"
-    """``clipwise`` output, or ``segment_max`` (max over the segment-wise output)."""
+    """``clipwise`` output; ``segment_max`` (max over the segment-wise output); or ``framewise``: the
+    segment-wise output's frames, spread evenly over the window, each row taking the frames whose centre falls
+    inside it, from every window and shift that covers it (``frame_reduce``)."""
+    activation: str = "none"
+    """What turns the output into probabilities: ``none`` (it holds probabilities), ``sigmoid`` or ``softmax``
+    (it holds logits; softmax over every output column)."""
+    frame_reduce: str = "mean"
+    """``framewise``: a row's frames are averaged (``mean``, weighted by their shift's weight) or their ``max``
+    taken."""
+    time_axis: int = 2
+    """``framewise``: the frames' axis of the segment-wise output, 2 for (batch, labels, frames), 1 for
+    (batch, frames, labels)."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +237,22 @@ class BirdnetSpec:
 
 
 @dataclass(frozen=True)
+class SourceSpec:
+    """Where a head's input comes from: ``member``'s first fold's output named ``output``, one per window."""
+
+    member: str
+    output: str
+
+
+@dataclass(frozen=True)
+class Shift:
+    """A test-time shift: the row's window moved by ``offset_s`` seconds (zero-padded past the file's ends)."""
+
+    offset_s: float = 0.0
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class Member:
     """One model family of a bundle: its folds, how they are fed and combined, and what they predict."""
 
@@ -237,13 +269,47 @@ class Member:
     """Weight of this member in the bundle's weighted mean (over the members that have the label)."""
     birdnet: BirdnetSpec | None = None
     """Set for a ``birdnet`` member (kind ``birdnet``): BirdNET's TFLite model instead of ONNX folds."""
+    output_index: tuple[int, ...] | None = None
+    """For each member label, the model's output column (a model with other or more classes than the bundle,
+    mapped by a label map); None: column i is label i."""
+    source: SourceSpec | None = None
+    """A head: its input is another member's named output (an embedding), not audio."""
+    shifts: tuple[Shift, ...] = (Shift(),)
+    """Test-time shifts: each row's window moved by each offset, outputs averaged with the weights."""
+    head_dim: int | None = None
+    """A head's input width (the source output's last dimension)."""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """The model input without the batch axis: (n_mels, frames) or (samples,)."""
+        """The model input without the batch axis: (n_mels, frames), (samples,), or a head's (dim,)."""
+        if self.source is not None:
+            return (self.head_dim or 0,)
         if self.frontend is None:
             return (self.audio.chunk_samples,)
         return (self.frontend.n_mels, self.frontend.n_frames(self.audio.chunk_samples))
+
+    def output_width(self, fold: FoldSpec, dims: tuple | None = None) -> int | str:
+        """The label columns of the output this member uses (``dims``: that output's shape as the graph has it;
+        default: as the fold declares it)."""
+        if self.ensemble.output == "framewise" and fold.segmentwise is not None:
+            shape = dims or fold.segmentwise.shape
+            return shape[3 - self.ensemble.time_axis]
+        return (dims or fold.clipwise.shape)[-1]
+
+    def width_problem(self, width: int | str, unit: str = "columns") -> str | None:
+        """Why an output of ``width`` columns (or ``unit``) cannot give this member's labels, or None when it can."""
+        if self.output_index is not None:
+            if isinstance(width, int) and self.output_index and max(self.output_index) >= width:
+                return f"output_index reaches column {max(self.output_index)} of an output with {width} columns"
+            return None
+        if width != len(self.labels):
+            return f"{width} {unit} but the manifest lists {len(self.labels)} labels"
+        return None
+
+    @property
+    def base_shift(self) -> int:
+        """The shift kept last by the deadline guard: offset 0 when listed, else the first."""
+        return next((i for i, s in enumerate(self.shifts) if s.offset_s == 0), 0)
 
 
 @dataclass(frozen=True)
@@ -302,9 +368,8 @@ class Manifest:
         raise ManifestError(f"no member named {name!r}; the bundle has {[m.name for m in self.members]}")
 
     def fold_order(self) -> list[tuple[int, int]]:
-        """(member index, fold index) in keeping order: the deadline guard keeping ``k`` folds keeps the first
-        ``k``. Every member's first fold comes first (never dropped); the folds of the member dropped first
-        come last, and within a member its last fold is dropped first."""
+        """(member index, fold index) in keeping order: every member's first fold first (never dropped); the folds
+        of the member dropped first come last, and within a member its last fold is dropped first."""
         index = {m.name: i for i, m in enumerate(self.members)}
         listed = [n for n in self.drop_order if n in index]
         rest = sorted(
@@ -315,16 +380,48 @@ class Manifest:
         ]
         return [(i, 0) for i in range(len(self.members))] + list(reversed(droppable))
 
-    def kept_folds(self, n_folds: int | None = None) -> list[list[int]]:
-        """For each member, the fold indices kept when the bundle keeps its first ``n_folds`` (default all)."""
-        order = self.fold_order()
-        k = len(order) if n_folds is None else n_folds
+    def unit_order(self) -> list[tuple[str, int, int]]:
+        """The deadline guard's units in keeping order: ``("fold", member, fold)`` as :meth:`fold_order`, then
+        ``("shift", member, shift)`` for each member's shifts beyond its base (:attr:`Member.base_shift`). The
+        guard keeping ``k`` units keeps the first ``k``: shifts are dropped first (the last member's last shift
+        first), then folds; never a member's first fold or base shift."""
+        shifts = [
+            ("shift", i, s)
+            for i, m in enumerate(self.members)
+            for s in range(len(m.shifts))
+            if s != m.base_shift and m.source is None
+        ]
+        return [("fold", i, f) for i, f in self.fold_order()] + shifts
+
+    @property
+    def n_units(self) -> int:
+        """Folds and extra shifts: what the deadline guard counts (equal to :attr:`n_folds` without shifts)."""
+        return len(self.unit_order())
+
+    def kept_units(self, n_units: int | None = None) -> list[tuple[list[int], list[int]]]:
+        """For each member, (fold indices, shift indices) kept when the bundle keeps its first ``n_units`` units
+        (default all). A head's shifts are its source's."""
+        order = self.unit_order()
+        k = len(order) if n_units is None else n_units
         if not len(self.members) <= k <= len(order):
-            raise ValueError(f"n_folds must be between {len(self.members)} and {len(order)}, got {n_folds}")
-        keep: list[list[int]] = [[] for _ in self.members]
-        for i, f in order[:k]:
-            keep[i].append(f)
-        return [sorted(f) for f in keep]
+            raise ValueError(f"the units kept must be between {len(self.members)} and {len(order)}, got {n_units}")
+        folds: list[list[int]] = [[] for _ in self.members]
+        shifts: list[list[int]] = [[m.base_shift] for m in self.members]
+        for kind, i, j in order[:k]:
+            (folds if kind == "fold" else shifts)[i].append(j)
+        index = {m.name: i for i, m in enumerate(self.members)}
+        for i, m in enumerate(self.members):
+            if m.source is not None:
+                shifts[i] = shifts[index[m.source.member]]
+        return [(sorted(f), sorted(s)) for f, s in zip(folds, shifts, strict=True)]
+
+    def kept_folds(self, n_units: int | None = None) -> list[list[int]]:
+        """For each member, the fold indices kept with the bundle's first ``n_units`` units (default all)."""
+        return [f for f, _ in self.kept_units(n_units)]
+
+    def runs(self, n_units: int | None = None) -> int:
+        """Model runs per row with the first ``n_units`` units: each member's kept folds x kept shifts."""
+        return sum(len(f) * len(s) for f, s in self.kept_units(n_units))
 
     def fold_names(self) -> list[list[str]]:
         """Each member's fold names as reports show them (``member/fold`` when there are several members)."""
@@ -343,6 +440,19 @@ class Manifest:
             else:
                 d["kind"] = "birdnet"
                 d["birdnet"]["outputs"] = list(m.birdnet.outputs)
+            for key in ("output_index", "source", "head_dim"):
+                if d[key] is None:
+                    d.pop(key)
+            if m.output_index is not None:
+                d["output_index"] = list(m.output_index)
+            if m.source is not None:  # a head's audio and input are its source's
+                for key in ("audio", "frontend", "head_dim"):
+                    d.pop(key, None)
+            if m.shifts == (Shift(),):
+                d.pop("shifts")
+            for f in d["folds"]:
+                if not f["embeddings"]:
+                    f.pop("embeddings")
             members.append(d)
         blend = asdict(self.blend)
         return {

@@ -37,7 +37,7 @@ from bird_infer.outputs.atomic import write_atomic, write_csv_atomic, write_text
 from bird_infer.outputs.names import output_names
 from bird_infer.outputs.place import check_output
 from bird_infer.outputs.plot import plot_file
-from bird_infer.outputs.report import report_frame, settle
+from bird_infer.outputs.report import report_frame, settle, unit_name
 from bird_infer.outputs.runrecord import RUN_RECORD, RunRecord
 from bird_infer.outputs.tables import (
     COMBINED,
@@ -235,7 +235,8 @@ def run_detect(
         [names[p] for p in processed],
         [rows[p] for p in processed],
         len(plan.manifest.labels),
-        plan.manifest.n_folds,
+        plan.manifest.n_units,
+        unit_name(plan.manifest),
     )
     report = write_csv_atomic(report_frame(entries), out_dir / ERRORS)
     combined = _combine(plan, settings, out_dir, record, writer.style) if settings.combine else ()

@@ -16,7 +16,7 @@ from pathlib import Path
 from bird_infer.contract.schema import Manifest
 from bird_infer.outputs.names import unique_stems
 from bird_infer.outputs.place import check_output, estimate_csv_bytes, write_outputs
-from bird_infer.outputs.report import settle
+from bird_infer.outputs.report import settle, unit_name
 from bird_infer.outputs.submission import build_submission
 from bird_infer.run.options import RunOptions, keeps_member_rows
 from bird_infer.run.outcomes import FileResult, StageTimes
@@ -100,7 +100,9 @@ def run_predict(
         by_path = dict(iter_outcomes(plan))
     outcomes = [by_path[p] for p in plan.entries]
     t_write = time.perf_counter()
-    probs, report_entries = settle(outcomes, plan.names, plan.rows, len(manifest.labels), manifest.n_folds)
+    probs, report_entries = settle(
+        outcomes, plan.names, plan.rows, len(manifest.labels), manifest.n_units, unit_name(manifest)
+    )
     df = build_submission(plan.names, probs, manifest.labels, manifest.row_s, plan.sample_columns)
     out_path, rep, write_error = write_outputs(df, report_entries, Path(out))
     write_s = time.perf_counter() - t_write

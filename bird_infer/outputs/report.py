@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bird_infer.contract.schema import FALLBACK_PROB
+from bird_infer.contract.schema import FALLBACK_PROB, Manifest
 from bird_infer.contract.text import safe_text
 from bird_infer.outputs.atomic import write_csv_atomic
 from bird_infer.run.outcomes import FileFailure, Outcome
@@ -64,7 +64,12 @@ def write_report(entries: list[ReportEntry], submission: str | Path) -> Path:
 
 
 def settle(
-    outcomes: list[Outcome], prefixes: list[str], rows: list[int], n_labels: int, n_folds: int
+    outcomes: list[Outcome],
+    prefixes: list[str],
+    rows: list[int],
+    n_labels: int,
+    n_folds: int,
+    units: str = "folds",
 ) -> tuple[list[np.ndarray], list[ReportEntry]]:
     """Each file's probability rows (the fallback for failures) and the report entries.
 
@@ -83,7 +88,7 @@ def settle(
         probs.append(r.probs)
         notes = list(r.notes)
         if r.n_folds < n_folds:
-            notes.append(f"time limit: {r.n_folds} of {n_folds} folds")
+            notes.append(f"time limit: {r.n_folds} of {n_folds} {units}")
         if not notes:
             continue
         if r.fallback_rows:
@@ -98,3 +103,9 @@ def settle(
             outcome = "header_ignored"
         entries.append(ReportEntry(r.path, prefix, outcome, "; ".join(notes), r.attempts, r.n_rows, r.n_folds))
     return probs, entries
+
+
+def unit_name(manifest: Manifest) -> str:
+    """What the deadline guard's units are, for the report: ``folds``, or ``folds and shifts`` when the bundle has
+    test-time shifts."""
+    return "folds" if manifest.n_units == manifest.n_folds else "folds and shifts"

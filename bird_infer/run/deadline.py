@@ -77,11 +77,17 @@ class DeadlineGuard:
     """Sum over finished files of chunks x folds used."""
     files_done: int = 0
     min_folds: int = 1
-    """The fewest folds a file may run with (one per bundle member: no member is dropped whole)."""
+    """The fewest units a file may run with (one per bundle member: no member is dropped whole)."""
+    runs: tuple[int, ...] = ()
+    """Model runs per chunk with ``k`` units kept, ``runs[k]`` (folds x shifts of each member; default ``k``):
+    what the projection scales the model time by."""
     folds_now: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.folds_now = self.n_folds
+
+    def _runs(self, k: int) -> int:
+        return self.runs[k] if k < len(self.runs) else k
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
@@ -92,14 +98,14 @@ class DeadlineGuard:
         self.chunks_done += n_chunks
         self.overhead_s += overhead_s
         self.fold_chunk_s += model_s
-        self.fold_chunks += n_chunks * n_folds
+        self.fold_chunks += n_chunks * self._runs(n_folds)
 
     def projected_finish_s(self, elapsed_s: float, n_folds: int) -> float:
         """Elapsed + the remaining chunks' cost with ``n_folds`` folds, spread over the achieved parallelism."""
         if self.chunks_done == 0 or self.fold_chunks == 0:
             return elapsed_s
         remaining = max(0, self.total_chunks - self.chunks_done)
-        per_chunk = self.overhead_s / self.chunks_done + n_folds * self.fold_chunk_s / self.fold_chunks
+        per_chunk = self.overhead_s / self.chunks_done + self._runs(n_folds) * self.fold_chunk_s / self.fold_chunks
         busy = self.overhead_s + self.fold_chunk_s
         parallel = min(float(self.workers), max(1.0, busy / elapsed_s)) if elapsed_s > 0 else 1.0
         return elapsed_s + remaining * per_chunk / parallel

@@ -75,6 +75,87 @@ class FileResult:
         return self.n_rows - self.fallback_rows
 
 
+@dataclass
+class RowSums:
+    """A member's sums over rows ``[base, base + len)``: weighted sums (mean) or maxima (max) per label, and the
+    weight (or count) that reached each row."""
+
+    reduce: str
+    base: int
+    values: np.ndarray
+    """(rows, labels) float64: weighted sums, or maxima (-inf where nothing reached)."""
+    weights: np.ndarray
+    """(rows,) float64."""
+
+    @classmethod
+    def empty(cls, reduce: str, n_labels: int) -> RowSums:
+        fill = -np.inf if reduce == "max" else 0.0
+        return cls(reduce, 0, np.full((0, n_labels), fill), np.zeros(0))
+
+    def _grow(self, lo: int, hi: int) -> None:
+        """Make room for rows ``[lo, hi)``."""
+        if len(self.weights) and lo >= self.base and hi <= self.base + len(self.weights):
+            return
+        new_lo = lo if not len(self.weights) else min(lo, self.base)
+        new_hi = hi if not len(self.weights) else max(hi, self.base + len(self.weights))
+        fill = -np.inf if self.reduce == "max" else 0.0
+        values = np.full((new_hi - new_lo, self.values.shape[1]), fill)
+        weights = np.zeros(new_hi - new_lo)
+        if len(self.weights):
+            at = self.base - new_lo
+            values[at : at + len(self.weights)] = self.values
+            weights[at : at + len(self.weights)] = self.weights
+        self.base, self.values, self.weights = new_lo, values, weights
+
+    def add(self, rows: np.ndarray, values: np.ndarray, weights: np.ndarray) -> None:
+        """Contributions ``values`` (m, labels) with ``weights`` (m,) to absolute ``rows`` (m,); rows < 0 and
+        non-finite values are dropped."""
+        ok = (rows >= 0) & np.isfinite(values).all(axis=1)
+        if not ok.any():
+            return
+        rows, values, weights = rows[ok], values[ok].astype(np.float64), weights[ok]
+        self._grow(int(rows.min()), int(rows.max()) + 1)
+        at = rows - self.base
+        if self.reduce == "max":
+            np.maximum.at(self.values, at, values)
+            np.add.at(self.weights, at, 1.0)
+        else:
+            np.add.at(self.values, at, weights[:, None] * values)
+            np.add.at(self.weights, at, weights)
+
+    def merged(self, other: RowSums) -> RowSums:
+        """A new RowSums holding both (neither is changed: parts may be retried or kept)."""
+        out = RowSums(self.reduce, self.base, self.values.copy(), self.weights.copy())
+        out.merge(other)
+        return out
+
+    def merge(self, other: RowSums) -> None:
+        if not len(other.weights):
+            return
+        self._grow(other.base, other.base + len(other.weights))
+        at = other.base - self.base
+        span = slice(at, at + len(other.weights))
+        if self.reduce == "max":
+            self.values[span] = np.maximum(self.values[span], other.values)
+        else:
+            self.values[span] += other.values
+        self.weights[span] += other.weights
+
+    def rows(self, n_rows: int) -> np.ndarray:
+        """(n_rows, labels) float32 for rows ``[0, n_rows)``: the mean (or maximum); NaN where nothing reached."""
+        out = np.full((n_rows, self.values.shape[1]), np.nan, dtype=np.float32)
+        lo, hi = max(0, self.base), min(n_rows, self.base + len(self.weights))
+        if hi <= lo:
+            return out
+        w = self.weights[lo - self.base : hi - self.base]
+        v = self.values[lo - self.base : hi - self.base]
+        reached = w > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            got = v if self.reduce == "max" else v / w[:, None]
+        out[lo:hi][reached] = got[reached].astype(np.float32)
+        return out
+
+
 @dataclass(frozen=True)
 class PartResult(FileResult):
     """Rows ``[first_row, ...)`` of a file as one worker predicted them (see :mod:`bird_infer.run.segments`):
@@ -88,6 +169,11 @@ class PartResult(FileResult):
     reader_notes: tuple[str, ...] = ()
     bad_chunks: tuple[tuple[int, ...], ...] = ()
     """Per member, per kept fold: chunks on which that fold's outputs were left out (NaN or inf)."""
+    member_rows: tuple[RowSums, ...] = ()
+    """Per member, its outputs gathered onto rows (:mod:`bird_infer.run.rows`): a frame-wise member's windows
+    reach the rows beside the part's own, so parts are added up before any row is final."""
+    decoded_rows: int = 0
+    """Rows of audio that decoded in the whole file (``reached_end`` parts only)."""
 
 
 @dataclass(frozen=True)

@@ -151,20 +151,22 @@ def iter_outcomes(plan: RunPlan, todo: set[Path] | None = None) -> Iterator[tupl
     workers = plan.workers(paths)
     guard = None
     if plan.time_limit_s:
+        lowest = len(manifest.members)
         guard = DeadlineGuard(
             Deadline(plan.time_limit_s),
-            manifest.n_folds,
+            manifest.n_units,
             progress.total_chunks,
             workers,
             started=plan.started,
-            min_folds=len(manifest.members),
+            min_folds=lowest,
+            runs=tuple(manifest.runs(max(k, lowest)) for k in range(manifest.n_units + 1)),
         )
     log.info(cpu_info().line())
     log.info(
-        "%d files, %d chunks expected, %d folds, %d workers x %d threads",
+        "%d files, %d chunks expected, %d model runs per chunk, %d workers x %d threads",
         len(entries),
         progress.total_chunks,
-        manifest.n_folds,
+        manifest.runs(),
         workers,
         options.session.intra_op_threads,
     )

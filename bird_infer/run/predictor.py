@@ -20,6 +20,7 @@ from bird_infer.contract.text import describe_exception
 from bird_infer.run.options import RunOptions, keeps_member_rows
 from bird_infer.run.outcomes import FileFailure, FileResult, PartResult, StageTimes
 from bird_infer.run.postprocess import PostProcessor
+from bird_infer.run.rows import RowGatherer
 from bird_infer.run.segments import assemble
 from bird_infer.runtime.ensemble import BundleModel
 from bird_infer.runtime.machine import peak_memory_mb
@@ -56,15 +57,16 @@ class FilePredictor:
         self, path: Path, n_folds: int | None = None, start: int = 0, end: int | None = None
     ) -> PartResult:
         """Rows ``[start, end)`` of the file (see :mod:`bird_infer.run.segments`): decoded from the file's start,
-        the front-ends and folds run only on those rows; the combined probabilities before the fallback and
-        the post-processing (NaN where no fold was finite)."""
+        the front-ends and folds run only on those rows' windows; each member's outputs gathered onto rows
+        (:mod:`bird_infer.run.rows`), before the blend, the fallback and the post-processing. ``n_folds``: the
+        deadline guard's units kept (folds and shifts, :meth:`~bird_infer.contract.schema.Manifest.unit_order`)."""
         bundle = self.ensemble
-        k = bundle.n_folds if n_folds is None else n_folds
+        k = bundle.n_units if n_folds is None else n_folds
         kept = bundle.kept(k)
         decode_s = frontend_s = model_s = 0.0
-        parts: list[np.ndarray] = []
-        member_parts: list[np.ndarray] = []
-        bad_chunks = [np.zeros(len(f), dtype=np.int64) for f in kept]
+        predicted = 0
+        gather = RowGatherer(self.manifest)
+        bad_chunks = [np.zeros(len(folds), dtype=np.int64) for folds, _ in kept]
         reader = RowReader(path, bundle.specs, self.manifest.row_s, self.options.block_chunks)
         reached_end = True
         t0 = time.perf_counter()
@@ -79,21 +81,19 @@ class FilePredictor:
             if lo or hi < n:
                 windows = {spec: w[lo:hi] for spec, w in windows.items()}
             t1 = time.perf_counter()
-            probs, masks, members = bundle.predict_windows(windows, k, self.keep_members)
-            parts.append(probs)
-            if members is not None:
-                member_parts.append(members)
-            for counts, bad in zip(bad_chunks, masks, strict=True):
+            block = bundle.predict_windows(windows, k)
+            gather.add(first + lo, block)
+            predicted += hi - lo
+            for counts, bad in zip(bad_chunks, block.masks, strict=True):
                 counts += bad.sum(axis=1)
             t2 = time.perf_counter()
             decode_s += t1 - t0
             frontend_s += bundle.last_frontend_s
             model_s += t2 - t1 - bundle.last_frontend_s
             t0 = time.perf_counter()
-        n_labels = len(self.manifest.labels)
         return PartResult(
             path=path,
-            probs=np.concatenate(parts, axis=0) if parts else np.zeros((0, n_labels), np.float32),
+            probs=np.zeros((predicted, 0), np.float32),  # the rows are in member_rows until assembled
             times=StageTimes(decode_s, frontend_s, model_s),
             n_folds=k,
             peak_mb=peak_memory_mb(),
@@ -103,16 +103,9 @@ class FilePredictor:
             reader_rows=reader.rows if reached_end else 0,
             reader_notes=tuple(n for n in (reader.note, reader.error) if n) if reached_end else (),
             bad_chunks=tuple(tuple(int(c) for c in counts) for counts in bad_chunks),
-            member_probs=self._member_rows(member_parts),
+            member_rows=tuple(gather.sums),
+            decoded_rows=reader.decoded if reached_end else 0,
         )
-
-    def _member_rows(self, blocks: list[np.ndarray]) -> np.ndarray | None:
-        """The member rows of a part (n_members, rows, n_labels), when they are kept; a part with no rows has 0."""
-        if not self.keep_members:
-            return None
-        if not blocks:
-            return np.zeros((len(self.manifest.members), 0, len(self.manifest.labels)), np.float32)
-        return np.concatenate(blocks, axis=1)
 
 
 def predict_or_fail(predictor: FilePredictor, path: Path, n_folds: int | None) -> FileResult | FileFailure:

@@ -26,6 +26,7 @@ from bird_infer.contract.schema import FALLBACK_PROB, Manifest
 from bird_infer.run.options import RunOptions
 from bird_infer.run.outcomes import FileResult, PartResult, StageTimes
 from bird_infer.run.postprocess import PostProcessor
+from bird_infer.runtime.blend import blend, member_weights
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,23 @@ def plan_tasks(options: RunOptions, rows: Sequence[int]) -> list[Segment]:
     return [Segment(i) for i in range(len(rows))]
 
 
+def member_stack(manifest: Manifest, parts: Sequence[PartResult], n_rows: int) -> np.ndarray:
+    """Each member's rows over the whole file, its parts added up, in the bundle's label columns:
+    (n_members, n_rows, n_labels) float32, NaN where a member has no vote (its label, or its row)."""
+    position = {label: j for j, label in enumerate(manifest.labels)}
+    stack = np.full((len(manifest.members), n_rows, len(manifest.labels)), np.nan, dtype=np.float32)
+    for i, m in enumerate(manifest.members):
+        if not m.labels:
+            continue
+        sums = parts[0].member_rows[i]
+        for p in parts[1:]:
+            sums = sums.merged(p.member_rows[i])
+        rows = sums.rows(n_rows)
+        voted = ~np.isnan(rows).any(axis=1)
+        stack[i][np.ix_(voted, [position[x] for x in m.labels])] = rows[voted]
+    return stack
+
+
 def assemble(
     manifest: Manifest, path: Path, parts: Sequence[PartResult], n_folds: int | None, post: PostProcessor | None
 ) -> FileResult:
@@ -79,7 +97,10 @@ def assemble(
     parts = sorted(parts, key=lambda p: p.first_row)
     tail = next(p for p in reversed(parts) if p.reached_end)
     kept = manifest.kept_folds(n_folds)
-    probs = np.concatenate([p.probs for p in parts], axis=0)
+    stack = member_stack(manifest, parts, tail.decoded_rows)
+    blend_rule = manifest.blend
+    rule = "mean" if blend_rule.rule == "rank" else blend_rule.rule  # a rank blend is made with every row, later
+    probs = blend(stack, member_weights(manifest), rule, blend_rule.power)
     bad = [np.sum([p.bad_chunks[m] for p in parts], axis=0, dtype=np.int64) for m in range(len(kept))]
     names = manifest.fold_names()
     excluded = tuple(
@@ -97,7 +118,7 @@ def assemble(
         unmatched = bool(step_notes)
     members = None
     if post is None:
-        members = np.concatenate([p.member_probs for p in parts], axis=1)  # type: ignore[misc]
+        members = stack
         members[:, unpredicted] = np.nan
     missing = tail.reader_rows - len(probs)
     predicted = ~unpredicted

@@ -10,7 +10,7 @@ import numpy as np
 
 from bird_infer.audio.logmel import LogMelFrontend
 from bird_infer.contract.errors import BirdInferError, ModelCheckError
-from bird_infer.contract.schema import Manifest, Member
+from bird_infer.contract.schema import FoldSpec, Manifest, Member, TensorSpec
 from bird_infer.contract.text import one_line
 from bird_infer.runtime.ensemble import MemberModel
 from bird_infer.runtime.sessions import make_session
@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 
 
 def check_input(member: Member) -> np.ndarray:
-    """A fixed check input for ``member``, batch of one: the log-mel of quiet noise with a tone, or the
-    waveform window itself for a member that takes the waveform."""
+    """A fixed check input for ``member``, batch of one: the log-mel of quiet noise with a tone, the waveform
+    window itself for a member that takes the waveform, or a normal vector for a head."""
+    if member.source is not None:
+        return np.random.default_rng(0).standard_normal((1, member.head_dim or 1)).astype(np.float32)
     n, sr = member.audio.chunk_samples, member.audio.sample_rate
     t = np.arange(n) / sr
     wave = 0.1 * np.sin(2 * np.pi * min(2000.0, sr / 4) * t) + 0.01 * np.random.default_rng(0).standard_normal(n)
@@ -28,17 +30,29 @@ def check_input(member: Member) -> np.ndarray:
     return wave if member.frontend is None else LogMelFrontend(member.frontend, sr)(wave)
 
 
+def _expected(member: Member, spec: TensorSpec, fold: FoldSpec) -> tuple[int | None, ...]:
+    """The shape ``spec`` must have on one chunk (None: any size): label columns where the member states them."""
+    width = len(member.labels) if member.output_index is None else None
+    if spec in fold.embeddings:
+        return (1, spec.shape[-1] if isinstance(spec.shape[-1], int) else None)
+    if spec is fold.segmentwise:
+        axis = 3 - member.ensemble.time_axis
+        return (1, width, None) if axis == 1 else (1, None, width)
+    return (1, width)
+
+
 def check_models(manifest: Manifest) -> None:
     """Load every fold of every member with ONNX Runtime and run it once; raise ModelCheckError naming the
-    fold when it cannot be loaded or run, or computes shapes other than the manifest declares. A fold whose
-    output is not finite is only warned about: at run time such outputs are left out chunk by chunk."""
+    fold when it cannot be loaded or run, or computes shapes other than the manifest declares (the outputs the
+    member uses, and the embeddings heads read). A fold whose output is not finite is only warned about: at run
+    time such outputs are left out chunk by chunk."""
     for member in manifest.members:
         x = check_input(member)
-        n_labels = len(member.labels)
         prefix = f"member {member.name}, " if len(manifest.members) > 1 else ""
         if member.birdnet is not None:
             _check_birdnet(manifest, member, x, prefix)
             continue
+        uses_frames = member.ensemble.output in ("segment_max", "framewise")
         for fold in member.folds:
             path = manifest.fold_path(fold)
             try:
@@ -48,7 +62,8 @@ def check_models(manifest: Manifest) -> None:
                     f"{prefix}fold {fold.name}: ONNX Runtime cannot load {path.name} ({type(e).__name__}: "
                     f"{one_line(e, 300)}); re-export it with `bird-infer export`"
                 ) from e
-            wanted = [fold.clipwise] + ([fold.segmentwise] if fold.segmentwise else [])
+            main = fold.segmentwise if uses_frames and fold.segmentwise is not None else fold.clipwise
+            wanted = [main, *fold.embeddings]
             try:
                 outs = session.run([w.name for w in wanted], {fold.input.name: x})
             except Exception as e:
@@ -57,13 +72,13 @@ def check_models(manifest: Manifest) -> None:
                     f"({type(e).__name__}: {one_line(e, 300)})"
                 ) from e
             for spec, y in zip(wanted, outs, strict=True):
-                segments = y.shape[-1] if y.ndim == 3 else -1
-                expect = (1, n_labels) if spec is fold.clipwise else (1, n_labels, segments)
-                if tuple(y.shape) != expect:
+                expect = _expected(member, spec, fold)
+                if y.ndim != len(expect) or any(e is not None and e != d for e, d in zip(expect, y.shape, strict=True)):
                     raise ModelCheckError(
                         f"{prefix}fold {fold.name}: output {spec.name!r} has shape {list(y.shape)} on one chunk, "
-                        f"but the manifest declares {list(spec.shape)} with {n_labels} labels; the file does not "
-                        "compute what the manifest says. Re-export the fold, or give the labels it was trained with"
+                        f"but the manifest declares {list(spec.shape)} with {len(member.labels)} labels; the file "
+                        "does not compute what the manifest says. Re-export the fold, or give the labels it was "
+                        "trained with"
                     )
                 if not np.isfinite(y).all():
                     log.warning(

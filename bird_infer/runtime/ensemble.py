@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,6 @@ from bird_infer.audio.logmel import LogMelFrontend
 from bird_infer.contract.errors import NonFiniteOutputError, PrecisionRefusedError
 from bird_infer.contract.schema import PROB_MAX, FrontendConfig, Manifest, Member, fold_file
 from bird_infer.runtime.birdnet import BirdnetRunner
-from bird_infer.runtime.blend import blend, member_weights
 from bird_infer.runtime.sessions import SessionSettings, make_openvino_runner, ort_runner
 
 
@@ -48,21 +48,41 @@ def _check_settings(st: SessionSettings, member: Member) -> None:
         )
 
 
-class MemberModel:
-    """One member's folds, ready to score its inputs (log-mel batches, or waveform windows)."""
+def activate(y: np.ndarray, activation: str, axis: int) -> np.ndarray:
+    """Probabilities from a model's output: as it is (``none``), ``sigmoid``, or ``softmax`` over ``axis``."""
+    if activation == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-y.astype(np.float64)))).astype(np.float32)
+    if activation == "softmax":
+        z = y.astype(np.float64) - y.max(axis=axis, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+    return y
 
-    def __init__(self, member: Member, root: Path, settings: SessionSettings | None = None) -> None:
+
+class MemberModel:
+    """One member's folds, ready to score its inputs (log-mel batches, waveform windows, or a head's embeddings):
+    each fold's output turned into the member's labels (activation, label map, frames), then combined."""
+
+    def __init__(
+        self, member: Member, root: Path, settings: SessionSettings | None = None, extras: Sequence[str] = ()
+    ) -> None:
         self.member = member
         self.settings = st = settings or SessionSettings()
+        self.extras = tuple(extras)
+        """Outputs of the first fold that heads read (a backbone's embedding)."""
         _check_settings(st, member)
+        ens = member.ensemble
+        self.framewise = ens.output == "framewise"
+        self.index = None if member.output_index is None else np.asarray(member.output_index)
         if member.birdnet is not None:  # BirdNET's TFLite model, whatever the backend (bird_infer.runtime.birdnet)
             fold = member.folds[0]
-            path = fold_file(root, fold)
-            self._outputs, self._inputs = [fold.clipwise.name], [fold.input.name]
-            self.sessions = [BirdnetRunner(path, member.birdnet, member.audio.clip_s, st.intra_op_threads)]
+            runner = BirdnetRunner(fold_file(root, fold), member.birdnet, member.audio.clip_s, st.intra_op_threads)
+            self._inputs = [fold.input.name]
+            self.sessions = [lambda name_in, x: [runner(name_in, x)]]
             return
-        segment = member.ensemble.output == "segment_max"
-        self._outputs = [(f.segmentwise if segment else f.clipwise).name for f in member.folds]  # type: ignore[union-attr]
+        uses_frames = ens.output in ("segment_max", "framewise")
+        outputs = [[(f.segmentwise if uses_frames else f.clipwise).name] for f in member.folds]  # type: ignore[union-attr]
+        outputs[0] += list(self.extras)
         self._inputs = [f.input.name for f in member.folds]
         paths = [str(fold_file(root, f)) for f in member.folds]
         if st.backend == "openvino":
@@ -71,71 +91,133 @@ class MemberModel:
             shape = (st.batch_size, *member.input_shape) if st.static_shape else None
             self.sessions = [
                 make_openvino_runner(p, st.intra_op_threads, st.precision, o, i, shape)
-                for p, o, i in zip(paths, self._outputs, self._inputs, strict=True)
+                for p, o, i in zip(paths, outputs, self._inputs, strict=True)
             ]
         else:
-            self.sessions = [ort_runner(p, o, st.intra_op_threads) for p, o in zip(paths, self._outputs, strict=True)]
+            self.sessions = [ort_runner(p, o, st.intra_op_threads) for p, o in zip(paths, outputs, strict=True)]
 
     @property
     def n_folds(self) -> int:
         return len(self.sessions)
 
-    def fold_outputs(self, x: np.ndarray, folds: Sequence[int] | None = None) -> np.ndarray:
-        """x (n, ...) float32 -> probabilities (len(folds), n, n_member_labels) of the folds listed (default all)."""
+    def _to_labels(self, y: np.ndarray) -> np.ndarray:
+        """A fold's output as the member's labels: (b, labels) for a row, or (b, frames, labels) framewise."""
+        ens = self.member.ensemble
+        if self.member.birdnet is not None:
+            return y
+        if y.ndim == 3:
+            label_axis = 1 if ens.time_axis == 2 else 2
+            y = activate(y, ens.activation, label_axis)
+            if ens.time_axis == 2:
+                y = y.transpose(0, 2, 1)  # (b, frames, labels)
+            if not self.framewise:  # segment_max: the max over time
+                y = y.max(axis=1)
+        else:
+            y = activate(y, ens.activation, 1)
+        return y if self.index is None else y[..., self.index]
+
+    def fold_outputs(
+        self, x: np.ndarray, folds: Sequence[int] | None = None, extras: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """x (n, ...) float32 -> probabilities (len(folds), n, n_member_labels), or (len(folds), n, frames,
+        n_member_labels) framewise, of the folds listed (default all). With ``extras`` (a dict), the first
+        fold's extra outputs are put in it, each (n, dim)."""
         folds = range(self.n_folds) if folds is None else folds
         n = x.shape[0]
         bs = self.settings.batch_size
-        out = np.empty((len(folds), n, len(self.member.labels)), dtype=np.float32)
+        out: np.ndarray | None = None
+        got: dict[str, list[np.ndarray]] = {name: [] for name in self.extras}
         for k, f in enumerate(folds):
             run, name_in = self.sessions[f], self._inputs[f]
             for start in range(0, n, bs):
-                y = run(name_in, x[start : start + bs])
-                if y.ndim == 3:  # segmentwise (batch, labels, segments): the max over time
-                    y = y.max(axis=2)
+                ys = run(name_in, x[start : start + bs])
+                y = self._to_labels(ys[0])
+                if out is None:
+                    out = np.empty((len(folds), n, *y.shape[1:]), dtype=np.float32)
                 out[k, start : start + bs] = y
+                if f == 0:
+                    for name, value in zip(self.extras, ys[1:], strict=True):
+                        got[name].append(value)
+        if extras is not None:
+            extras.update({name: np.concatenate(v).astype(np.float32) for name, v in got.items() if v})
+        if out is None:
+            return np.zeros((len(folds), 0, len(self.member.labels)), np.float32)
         return out
 
-    def predict_with_mask(self, x: np.ndarray, folds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Combined, clipped probabilities (n, n_member_labels) float32 over ``folds``, and the mask
-        (len(folds), n) of fold outputs left out for holding NaN or inf. A chunk with no finite fold is NaN."""
-        outs = self.fold_outputs(x, folds)
-        bad = ~np.isfinite(outs).all(axis=2)
+    def predict_with_mask(
+        self, x: np.ndarray, folds: Sequence[int], extras: dict[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Combined, clipped probabilities (n, n_member_labels), or (n, frames, n_member_labels) framewise,
+        float32 over ``folds``, and the mask (len(folds), n) of fold outputs left out for holding NaN or inf. A
+        window with no finite fold is NaN."""
+        outs = self.fold_outputs(x, folds, extras)
+        bad = ~np.isfinite(outs.reshape(outs.shape[0], outs.shape[1], -1)).all(axis=2)
         rule = self.member.ensemble.combine
         if not bad.any():
             return clip_probabilities(combine_folds(outs, rule)).astype(np.float32, copy=False), bad
-        masked = np.where(bad[:, :, None], np.nan, outs)
+        mask = bad.reshape(*bad.shape, *([1] * (outs.ndim - 2)))
+        masked = np.where(mask, np.nan, outs)
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice" for chunks with no fold
             combined = combine_folds(masked, rule, skip_nan=True)
         return np.where(np.isnan(combined), np.nan, clip_probabilities(combined)).astype(np.float32), bad
 
 
+def window_specs(manifest: Manifest) -> list[list[WindowSpec]]:
+    """Each member's windows, one per shift (a head has none: it reads its source's outputs)."""
+    return [
+        [] if m.source is not None else [WindowSpec.of(m.audio, s.offset_s) for s in m.shifts] for m in manifest.members
+    ]
+
+
+@dataclass
+class BlockOutputs:
+    """One block of rows scored by every member: per member, per kept shift (index into the member's shifts, a
+    head's being its source's), the combined probabilities: (k, member labels) for a row-wise member,
+    (k, frames, member labels) framewise; NaN for a window on which no fold was finite. And per member, the
+    (folds kept, k) mask of fold outputs left out (NaN or inf) on any shift."""
+
+    members: list[dict[int, np.ndarray]] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+
+    def flat(self) -> np.ndarray:
+        """Every probability, one vector (the accuracy guard compares two of them)."""
+        parts = [a.reshape(-1) for shifts in self.members for _, a in sorted(shifts.items())]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
 class BundleModel:
-    """Every member of a bundle: each distinct front-end once per block, each member's folds, then the
-    weighted mean over the members that have each label."""
+    """Every member of a bundle: each distinct window and front-end once per block, each member's folds per shift,
+    heads on their backbone's outputs. Rows are made of the outputs by :mod:`bird_infer.run.rows`."""
 
     def __init__(self, manifest: Manifest, settings: SessionSettings | None = None) -> None:
         self.manifest = manifest
         self.settings = settings or SessionSettings()
-        self.members = [MemberModel(m, manifest.root, self.settings) for m in manifest.members]
-        self.specs = [WindowSpec.of(m.audio) for m in manifest.members]
-        position = {label: j for j, label in enumerate(manifest.labels)}
-        self.label_index = [np.array([position[x] for x in m.labels]) for m in manifest.members]
-        self.weights = member_weights(manifest)
+        wanted: dict[str, list[str]] = {m.name: [] for m in manifest.members}
+        for m in manifest.members:
+            if m.source is not None and m.source.output not in wanted[m.source.member]:
+                wanted[m.source.member].append(m.source.output)
+        self.members = [MemberModel(m, manifest.root, self.settings, wanted[m.name]) for m in manifest.members]
+        self.member_specs = window_specs(manifest)
+        self.specs = list(dict.fromkeys(s for specs in self.member_specs for s in specs))
+        """Every distinct window the members read (what the reader decodes)."""
+        index = {m.name: i for i, m in enumerate(manifest.members)}
+        self.sources = [None if m.source is None else index[m.source.member] for m in manifest.members]
         self.frontends: dict[tuple[WindowSpec, FrontendConfig], LogMelFrontend] = {}
-        for spec, m in zip(self.specs, manifest.members, strict=True):
-            if m.frontend is not None and (spec, m.frontend) not in self.frontends:
-                self.frontends[(spec, m.frontend)] = LogMelFrontend(m.frontend, m.audio.sample_rate)
+        for specs, m in zip(self.member_specs, manifest.members, strict=True):
+            for spec in specs:
+                if m.frontend is not None and (spec, m.frontend) not in self.frontends:
+                    self.frontends[(spec, m.frontend)] = LogMelFrontend(m.frontend, m.audio.sample_rate)
         self.last_frontend_s = 0.0
         """Seconds the last :meth:`features` call spent in front-ends (for the stage timings)."""
 
     @property
-    def n_folds(self) -> int:
-        return self.manifest.n_folds
+    def n_units(self) -> int:
+        return self.manifest.n_units
 
-    def kept(self, n_folds: int | None) -> list[list[int]]:
-        """For each member, the fold indices kept when the bundle keeps its first ``n_folds`` (default all)."""
-        return self.manifest.kept_folds(n_folds)
+    def kept(self, n_units: int | None) -> list[tuple[list[int], list[int]]]:
+        """For each member, the fold and shift indices kept with the bundle's first ``n_units`` (default all)."""
+        return self.manifest.kept_units(n_units)
 
     def features(self, windows: dict[WindowSpec, np.ndarray]) -> dict[tuple, np.ndarray]:
         """Each distinct input once: the log-mel of each (window spec, front-end), and the raw windows.
@@ -147,29 +229,29 @@ class BundleModel:
         self.last_frontend_s = time.perf_counter() - t0
         return feats
 
-    def predict_windows(
-        self, windows: dict[WindowSpec, np.ndarray], n_folds: int | None = None, keep_members: bool = False
-    ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
-        """One block of rows -> (probabilities (k, n_labels) float32 blended by the manifest's rule, NaN where no
-        member voted; per member, the (folds kept, k) mask of fold outputs left out for NaN or inf; with
-        ``keep_members``, the members' stack (n_members, k, n_labels) before the blend, else None). A ``rank``
-        blend needs every row of the run: here its rows are the weighted mean, for progress and detect alone."""
+    def predict_windows(self, windows: dict[WindowSpec, np.ndarray], n_units: int | None = None) -> BlockOutputs:
+        """One block of rows (every spec of :attr:`specs`) -> every member's outputs (:class:`BlockOutputs`), the
+        first ``n_units`` units kept (default all). A backbone runs once per window; its heads read its outputs."""
         feats = self.features(windows)
-        keep = self.kept(n_folds)
-        n = next(iter(windows.values())).shape[0]
-        stack = np.full((len(self.members), n, len(self.manifest.labels)), np.nan, dtype=np.float32)
-        masks = []
-        for i, (model, spec, idx, folds) in enumerate(
-            zip(self.members, self.specs, self.label_index, keep, strict=True)
-        ):
-            p, bad = model.predict_with_mask(feats[(spec, model.member.frontend)], folds)
-            masks.append(bad)
-            voted = ~np.isnan(p).any(axis=1)
-            stack[i][np.ix_(voted, idx)] = p[voted]
-        blend_rule = self.manifest.blend
-        rule = "mean" if blend_rule.rule == "rank" else blend_rule.rule
-        probs = blend(stack, self.weights, rule, blend_rule.power)
-        return probs, masks, (stack if keep_members else None)
+        keep = self.kept(n_units)
+        out = BlockOutputs([{} for _ in self.members], [np.zeros(0, bool)] * len(self.members))
+        extras: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        order = [i for i, s in enumerate(self.sources) if s is None] + [i for i, s in enumerate(self.sources) if s]
+        for i in order:
+            model, (folds, shifts) = self.members[i], keep[i]
+            masks = []
+            for k in shifts:
+                if self.sources[i] is None:
+                    spec = self.member_specs[i][k]
+                    extras[(i, k)] = got = {}
+                    p, bad = model.predict_with_mask(feats[(spec, model.member.frontend)], folds, got)
+                else:
+                    x = extras[(self.sources[i], k)][model.member.source.output]  # type: ignore[union-attr]
+                    p, bad = model.predict_with_mask(x, folds)
+                out.members[i][k] = p
+                masks.append(bad)
+            out.masks[i] = np.logical_or.reduce(masks) if masks else np.zeros((len(folds), 0), bool)
+        return out
 
     def fold_names(self) -> list[list[str]]:
         """Each member's fold names as reports show them (``member/fold`` when there are several members)."""

@@ -9,7 +9,8 @@ is run by the whole bundle in ONNX Runtime fp32, the reference, and in each mode
   bf16 (AVX512-BF16 or AMX), OpenVINO int8 where every fold has an int8 model (``bird-infer quantize``), always
   ONNX Runtime fp32; it times each on the same block and keeps the fastest that the guard accepts.
 
-Every decision is logged with its measurements (max |p - p_fp32|, ms per chunk for the whole bundle).
+Every decision is logged with its measurements (max |p - p_fp32| over every member's outputs, before the blend;
+ms per chunk for the whole bundle).
 ``BIRD_INFER_CPU_FLAGS`` (see :mod:`bird_infer.runtime.machine`) stands in for the CPU's flags, to rehearse a machine
 without bf16.
 """
@@ -28,7 +29,7 @@ from bird_infer.audio.decode import RowReader, WindowSpec
 from bird_infer.contract.errors import AudioDecodeError, PrecisionRefusedError
 from bird_infer.contract.extras import have
 from bird_infer.contract.schema import Manifest
-from bird_infer.runtime.ensemble import BundleModel
+from bird_infer.runtime.ensemble import BundleModel, window_specs
 from bird_infer.runtime.machine import CpuInfo, cpu_info
 from bird_infer.runtime.sessions import SessionSettings
 
@@ -79,7 +80,7 @@ def auto_candidates(manifest: Manifest, cpu: CpuInfo, have_openvino: bool) -> li
 
 def guard_block(manifest: Manifest, paths: list[Path]) -> tuple[dict[WindowSpec, np.ndarray], Path] | None:
     """The first :data:`GUARD_CHUNKS` rows of the first readable file, or None."""
-    specs = [WindowSpec.of(m.audio) for m in manifest.members]
+    specs = list(dict.fromkeys(s for specs in window_specs(manifest) for s in specs))
     for p in paths:
         try:
             _first, windows = next(iter(RowReader(p, specs, manifest.row_s, GUARD_CHUNKS)))
@@ -101,7 +102,7 @@ def run_trial(
         bundle = BundleModel(manifest, settings)
     except PrecisionRefusedError as e:
         return Trial(settings.backend, settings.precision, None, None, str(e)), None
-    probs, _, _ = bundle.predict_windows(windows)
+    probs = bundle.predict_windows(windows).flat()
     t0 = time.perf_counter()
     bundle.predict_windows(windows)
     n = next(iter(windows.values())).shape[0]

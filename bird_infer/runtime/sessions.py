@@ -18,8 +18,8 @@ import onnxruntime as ort
 from bird_infer.contract.errors import PrecisionRefusedError
 from bird_infer.contract.extras import import_extra
 
-Runner = Callable[[str, np.ndarray], np.ndarray]
-"""One fold, ready: ``run(input name, x (batch, ...) float32) -> output (batch, ...)``."""
+Runner = Callable[[str, np.ndarray], list[np.ndarray]]
+"""One fold, ready: ``run(input name, x (batch, ...) float32) -> [each output asked for (batch, ...)]``."""
 
 BACKENDS = ("onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -87,7 +87,7 @@ def make_openvino_runner(
     path: str,
     threads: int,
     precision: str,
-    output: str,
+    outputs: Sequence[str],
     input_name: str | None = None,
     static_shape: Sequence[int] | None = None,
 ) -> Runner:
@@ -107,19 +107,21 @@ def make_openvino_runner(
     if static_shape is not None and input_name is not None:
         model.reshape({input_name: list(static_shape)})
     compiled = core.compile_model(model, "CPU", openvino_config(threads, precision))
-    port = compiled.output(output)
+    ports = [compiled.output(o) for o in outputs]
     batch = static_shape[0] if static_shape is not None else None
 
-    def run(name_in: str, x: np.ndarray) -> np.ndarray:
+    def run(name_in: str, x: np.ndarray) -> list[np.ndarray]:
         n = x.shape[0]
         if batch is not None and n < batch:
             x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), dtype=x.dtype)])
-        return compiled({name_in: x})[port][:n]
+        result = compiled({name_in: x})
+        return [result[port][:n] for port in ports]
 
     return run
 
 
-def ort_runner(path: str, output: str, threads: int = 1) -> Runner:
-    """A :class:`Runner` for one fold's ``output`` in an ONNX Runtime session (:func:`make_session`)."""
+def ort_runner(path: str, outputs: Sequence[str], threads: int = 1) -> Runner:
+    """A :class:`Runner` for one fold's ``outputs`` in an ONNX Runtime session (:func:`make_session`)."""
     session = make_session(path, threads)
-    return lambda name_in, x: session.run([output], {name_in: x})[0]
+    names = list(outputs)
+    return lambda name_in, x: session.run(names, {name_in: x})

@@ -1,0 +1,342 @@
+"""``bird-infer add-member``: any ONNX model joins a bundle as a member, with no exporter involved.
+
+The user states what the manifest needs: the input (the waveform, or a log-mel with every front-end field), the
+sample rate and window, the output to use and what it holds (probabilities, or logits with ``sigmoid`` or
+``softmax``), whether it is frame-wise, the model's labels and how they map onto the bundle's, the weight, the
+resampler, test-time shifts, and the outputs other members may read (an embedding). A **head** takes another
+member's output instead of audio (``--source perch:embedding``).
+
+Order of work: everything that can be checked without audio first (the ONNX file's inputs and outputs, the label
+map, the manifest as a whole: uncovered labels, a window shorter than a row, a missing source or a cycle), then
+the model is run on real audio (``--check-audio``): outputs must have the declared shapes, be finite, respond to
+the audio (vary across rows) and, when declared as probabilities, lie in [0, 1]. Only then is the file copied into
+the bundle (with its sha256) and the manifest written.
+
+Labels: the model's labels (``--labels``, one per line in output order) map onto the bundle's by a label map
+(``--label-map``, CSV ``member_label,bundle_label``; model labels it does not name are ignored), else by name, else
+through the eBird table the package ships (BirdNET-Analyzer's: eBird codes, ``Scientific_Common`` labels and
+scientific names all resolve). Model labels with no bundle counterpart are ignored; several onto one bundle label:
+the first is kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bird_infer.audio.decode import RowReader, WindowSpec
+from bird_infer.audio.files import find_audio_files
+from bird_infer.audio.logmel import LogMelFrontend
+from bird_infer.contract.birdnet import ebird_map
+from bird_infer.contract.errors import AudioDecodeError, InvalidFieldError
+from bird_infer.contract.files import onnx_dims, sha256_file
+from bird_infer.contract.manifest import load_manifest, manifest_from_dict, write_manifest
+from bird_infer.contract.schema import (
+    ACTIVATIONS,
+    AudioConfig,
+    EnsembleConfig,
+    FrontendConfig,
+    Manifest,
+    Member,
+    Shift,
+    SourceSpec,
+    TensorSpec,
+)
+from bird_infer.runtime.ensemble import MemberModel
+
+log = logging.getLogger(__name__)
+
+CHECK_ROWS = 8
+"""Rows of real audio the model is checked on."""
+
+
+class AddMemberError(InvalidFieldError):
+    """An add-member input that cannot make a member; the message names what to fix."""
+
+
+@dataclass(frozen=True)
+class MemberRequest:
+    """What the user states about the model (see the module docstring)."""
+
+    onnx: Path
+    name: str
+    output: str
+    holds: str = "probabilities"
+    """``probabilities`` or ``logits``."""
+    activation: str = "none"
+    """For logits: ``sigmoid`` or ``softmax``."""
+    sample_rate: int = 32000
+    window_s: float = 5.0
+    frontend: FrontendConfig | None = None
+    """None: the model takes the waveform."""
+    input_name: str | None = None
+    labels: tuple[str, ...] | None = None
+    """The model's output labels in order; None: the bundle's labels, in the bundle's order."""
+    label_map: dict[str, str] | None = None
+    framewise: bool = False
+    time_axis: int = 2
+    frame_reduce: str = "mean"
+    embeddings: tuple[str, ...] = ()
+    source: SourceSpec | None = None
+    weight: float = 1.0
+    resampler: str = "soxr_hq"
+    shifts: tuple[Shift, ...] = (Shift(),)
+
+
+@dataclass(frozen=True)
+class AddMemberResult:
+    manifest: Manifest
+    member: Member
+    mapped: int
+    """Model labels that became member labels."""
+    ignored: int
+    """Model labels with no bundle counterpart."""
+    output_range: tuple[float, float]
+    """min and max of the chosen output on the check rows (before the activation)."""
+    spread: float
+    """Largest range over the check rows of any member label's probability (how much it responds)."""
+
+
+def read_label_map(path: str | Path, model_labels: Sequence[str], bundle_labels: Sequence[str]) -> dict[str, str]:
+    """A CSV of ``member_label,bundle_label`` rows (a header row is allowed); every name must exist."""
+    rows = [
+        r for r in csv.reader(Path(path).read_text(encoding="utf-8").splitlines()) if r and any(c.strip() for c in r)
+    ]
+    if (
+        rows
+        and rows[0][0].strip() not in model_labels
+        and len(rows[0]) == 2
+        and rows[0][1].strip() not in bundle_labels
+    ):
+        rows = rows[1:]  # a header
+    bad_rows = [r for r in rows if len(r) != 2]
+    if bad_rows:
+        raise AddMemberError(f"label map {path}: every row needs member_label,bundle_label; got {bad_rows[0]}")
+    return check_label_map({a.strip(): b.strip() for a, b in rows}, model_labels, bundle_labels, str(path))
+
+
+def check_label_map(
+    mapping: dict[str, str], model_labels: Sequence[str], bundle_labels: Sequence[str], path: str = "the label map"
+) -> dict[str, str]:
+    """``mapping`` (member label -> bundle label) when every name in it exists; else AddMemberError."""
+    unknown_model = [a for a in mapping if a not in set(model_labels)]
+    unknown_bundle = [b for b in mapping.values() if b not in set(bundle_labels)]
+    if unknown_model:
+        raise AddMemberError(f"label map {path} names labels the model does not have: {unknown_model[:10]}")
+    if unknown_bundle:
+        raise AddMemberError(f"label map {path} names labels the bundle does not have: {unknown_bundle[:10]}")
+    return mapping
+
+
+def map_labels(
+    model_labels: Sequence[str], bundle_labels: Sequence[str], label_map: dict[str, str] | None
+) -> tuple[list[str], list[int]]:
+    """The member's labels (bundle labels) and, for each, the model output column (see the module docstring)."""
+    bundle = set(bundle_labels)
+    if label_map is not None:
+        target = {a: label_map[a] for a in model_labels if a in label_map}
+    else:
+        codes = ebird_map()
+        scientific = {k.partition("_")[0]: v for k, v in codes.items() if "_" in k}
+        target = {}
+        for a in model_labels:
+            for candidate in (a, codes.get(a), scientific.get(a)):
+                if candidate in bundle:
+                    target[a] = candidate
+                    break
+    labels, index = [], []
+    for k, a in enumerate(model_labels):
+        b = target.get(a)
+        if b is not None and b not in labels:
+            labels.append(b)
+            index.append(k)
+    return labels, index
+
+
+def _onnx_interface(path: Path) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    import onnx  # deferred: onnx takes ~0.3 s to import
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and others: any failure means an unusable file
+        raise AddMemberError(f"{path} is not a readable ONNX model ({e})") from e
+    init = {i.name for i in model.graph.initializer}
+    inputs = {i.name: onnx_dims(i) for i in model.graph.input if i.name not in init}
+    outputs = {o.name: onnx_dims(o) for o in model.graph.output}
+    return inputs, outputs
+
+
+def _spec(name: str, dims: tuple) -> TensorSpec:
+    """A graph tensor as the manifest declares it: its sizes, or the graph's names for the dynamic ones."""
+    return TensorSpec(name, tuple(dims))
+
+
+def build_member(req: MemberRequest, bundle: Manifest) -> tuple[dict, int]:
+    """The member the request describes, as the manifest writes it (its fold file named ``<name>.onnx`` in the
+    bundle), and how many model labels were ignored. Raises AddMemberError naming what to fix."""
+    if req.holds not in ("probabilities", "logits"):
+        raise AddMemberError(f"--holds is {req.holds!r}: say probabilities or logits")
+    if req.holds == "logits" and req.activation not in ("sigmoid", "softmax"):
+        raise AddMemberError("--holds logits needs --activation sigmoid or softmax")
+    if req.holds == "probabilities" and req.activation != "none":
+        raise AddMemberError(f"--activation {req.activation} applies to logits: add --holds logits")
+    if req.activation not in ACTIVATIONS:
+        raise AddMemberError(f"--activation must be one of {ACTIVATIONS}")
+    if not req.onnx.is_file():
+        raise AddMemberError(f"--onnx {req.onnx} does not exist")
+    inputs, outputs = _onnx_interface(req.onnx)
+    if req.output not in outputs:
+        raise AddMemberError(f"{req.onnx.name} has no output named {req.output!r}; its outputs: {sorted(outputs)}")
+    for e in req.embeddings:
+        if e not in outputs:
+            raise AddMemberError(
+                f"{req.onnx.name} has no output named {e!r} (--embedding); its outputs: {sorted(outputs)}"
+            )
+    input_name = req.input_name or (next(iter(inputs)) if len(inputs) == 1 else None)
+    if input_name is None or input_name not in inputs:
+        raise AddMemberError(f"name the model's input with --input-name; its inputs: {sorted(inputs)}")
+    out_dims = outputs[req.output]
+    rank = 3 if req.framewise else 2
+    if len(out_dims) != rank:
+        what = "(batch, labels, frames) or (batch, frames, labels)" if req.framewise else "(batch, labels)"
+        raise AddMemberError(f"output {req.output!r} has shape {list(out_dims)}; a {'frame-wise ' * req.framewise}"
+                             f"output must be {what}")  # fmt: skip
+    width = out_dims[1] if not req.framewise else out_dims[3 - req.time_axis]
+    model_labels = list(req.labels) if req.labels is not None else list(bundle.labels)
+    if isinstance(width, int) and width != len(model_labels):
+        raise AddMemberError(
+            f"output {req.output!r} has {width} columns but {len(model_labels)} labels were given; give the model's "
+            "labels in output order with --labels"
+        )
+    if req.label_map is not None:
+        check_label_map(req.label_map, model_labels, bundle.labels)
+    labels, index = map_labels(model_labels, bundle.labels, req.label_map)
+    if not labels and not req.embeddings:
+        raise AddMemberError(
+            f"none of the model's {len(model_labels)} labels maps onto the bundle's (e.g. {model_labels[:3]}); give "
+            "a --label-map"
+        )
+    identity = labels == list(bundle.labels) and index == list(range(len(model_labels)))
+    clip = {"name": req.output, "shape": list(_spec(req.output, out_dims).shape)}
+    fold = {
+        "name": req.name,
+        "file": f"{req.name}.onnx",
+        "sha256": sha256_file(req.onnx),
+        "input": {"name": input_name, "shape": list(_spec(input_name, inputs[input_name]).shape)},
+        "clipwise": clip,
+        "segmentwise": clip if req.framewise else None,
+        "embeddings": [{"name": e, "shape": list(_spec(e, outputs[e]).shape)} for e in req.embeddings],
+    }
+    ensemble = EnsembleConfig(
+        output="framewise" if req.framewise else "clipwise",
+        activation=req.activation,
+        frame_reduce=req.frame_reduce,
+        time_axis=req.time_axis,
+    )
+    d: dict = {
+        "name": req.name,
+        "weight": req.weight,
+        "labels": labels,
+        "folds": [fold],
+        "ensemble": dataclasses.asdict(ensemble),
+    }
+    if not identity:
+        d["output_index"] = index
+    if req.source is not None:
+        d["source"] = dataclasses.asdict(req.source)
+    else:
+        d["audio"] = dataclasses.asdict(AudioConfig(req.sample_rate, req.window_s, req.resampler))
+        d["frontend"] = (
+            {"kind": "waveform"} if req.frontend is None else {"kind": "logmel", **dataclasses.asdict(req.frontend)}
+        )
+    if req.shifts != (Shift(),):
+        d["shifts"] = [dataclasses.asdict(s) for s in req.shifts]
+    if req.framewise:  # a frame-wise member runs its frames (segmentwise); clipwise states the label width
+        fold["clipwise"] = {"name": req.output, "shape": ["batch", width]}
+    return d, len(model_labels) - len(labels)
+
+
+def _check_rows(member: Member, manifest: Manifest, audio: Sequence[str | Path]) -> dict:
+    """Windows of real audio for ``member`` (a head: for its source), the first file that decodes."""
+    target = member if member.source is None else manifest.member(member.source.member)
+    spec = WindowSpec.of(target.audio)
+    files = [f for p in audio for f in (find_audio_files(p) if Path(p).is_dir() else [Path(p)])]
+    for f in files:
+        try:
+            _first, windows = next(iter(RowReader(f, [spec], manifest.row_s, CHECK_ROWS)))
+        except (AudioDecodeError, StopIteration):
+            continue
+        return {"windows": windows[spec], "file": f, "target": target}
+    raise AddMemberError(f"no readable audio in --check-audio {[str(a) for a in audio]}; give recordings to check on")
+
+
+def check_on_audio(
+    member: Member, manifest: Manifest, audio: Sequence[str | Path]
+) -> tuple[tuple[float, float], float]:
+    """Run the member once on real audio: shapes, finite, responsive, and probabilities in [0, 1] when declared so.
+    Returns (the raw output's min and max, the largest spread of a member label)."""
+    got = _check_rows(member, manifest, audio)
+    target: Member = got["target"]
+    x = got["windows"]
+    if target.frontend is not None:
+        x = LogMelFrontend(target.frontend, target.audio.sample_rate)(x)
+    if member.source is not None:
+        extras: dict[str, np.ndarray] = {}
+        MemberModel(target, manifest.root, extras=[member.source.output]).fold_outputs(x, extras=extras)
+        x = extras[member.source.output]
+    raw_member = dataclasses.replace(
+        member, ensemble=dataclasses.replace(member.ensemble, activation="none"), output_index=None, labels=()
+    )
+    raw = MemberModel(raw_member, manifest.root).sessions[0](member.folds[0].input.name, x.astype(np.float32))[0]
+    if not np.isfinite(raw).all():
+        raise AddMemberError(f"member {member.name!r}: the model gives NaN or inf on {got['file'].name}")
+    lo, hi = float(raw.min()), float(raw.max())
+    if member.ensemble.activation == "none" and (lo < 0 or hi > 1):
+        raise AddMemberError(
+            f"member {member.name!r}: output {member.folds[0].clipwise.name!r} was declared to hold probabilities but "
+            f"lies in [{lo:.3g}, {hi:.3g}] on {got['file'].name}: these are logits; add --holds logits --activation "
+            "sigmoid (or softmax)"
+        )
+    probs = MemberModel(member, manifest.root).fold_outputs(x)[0]
+    flat = probs.reshape(probs.shape[0], -1)
+    spread = float((flat.max(axis=0) - flat.min(axis=0)).max()) if flat.size else 0.0
+    if member.labels and spread <= 1e-6:
+        raise AddMemberError(
+            f"member {member.name!r}: its outputs do not change across {len(x)} rows of {got['file'].name}: is the "
+            "input right (--input, --sample-rate, --window-s, the front-end)?"
+        )
+    return (lo, hi), spread
+
+
+def add_member(bundle: str | Path, req: MemberRequest, check_audio: Sequence[str | Path]) -> AddMemberResult:
+    """Add the member ``req`` describes to the bundle in ``bundle`` (see the module docstring)."""
+    manifest = load_manifest(bundle)
+    if any(m.name == req.name for m in manifest.members):
+        raise AddMemberError(f"the bundle already has a member named {req.name!r}; choose another --name")
+    target = manifest.root / f"{req.name}.onnx"
+    if target.exists():
+        raise AddMemberError(f"{target} exists; choose another --name")
+    d, ignored = build_member(req, manifest)
+    data = json.loads(json.dumps(manifest.to_dict()))  # as the file holds it (lists, not tuples)
+    data["members"].append(d)
+    new = manifest_from_dict(data, root=manifest.root)  # every static check, before any audio
+    member = new.member(req.name)
+    with tempfile.TemporaryDirectory() as tmp:  # the bundle as it will be, nothing written into it yet
+        staged = Path(tmp)
+        for p in manifest.root.iterdir():
+            if p.is_file():
+                (staged / p.name).symlink_to(p.resolve())
+        shutil.copy2(req.onnx, staged / target.name)
+        output_range, spread = check_on_audio(member, dataclasses.replace(new, root=staged), check_audio)
+    shutil.copy2(req.onnx, target)
+    write_manifest(new, manifest.root)
+    return AddMemberResult(load_manifest(manifest.root), member, len(member.labels), ignored, output_range, spread)
