@@ -267,6 +267,9 @@ def main(argv: "list | None" = None) -> int:
         ensure_runtime(bundles)
         import_bird_infer(bundles)
         from bird_infer.cli import add_predict_arguments, predict_from_args
+        from bird_infer.run.options import restore_interrupts
+
+        restore_interrupts()  # a notebook's interrupt button, or Ctrl-C on a script, stops the run
 
         parser = argparse.ArgumentParser(prog="kaggle_kernel.py", description="soundscapes -> submission.csv")
         add_predict_arguments(parser, kaggle_defaults(argv, bundles))

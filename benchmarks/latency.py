@@ -56,6 +56,7 @@ TARGETS = {
     "speedup_vs_torch_default": (">=", 3.5),
     "speedup_vs_torch_best": (">=", 1.8),
     "worker_peak_mb": ("<=", 2048.0),
+    "startup_to_first_chunk_s": ("<=", 5.0),
 }
 
 
@@ -339,6 +340,17 @@ def edition_projections(startup_s: float, s_per_chunk: float, workers: int, avx2
     return rows
 
 
+def install_figures(summary, manifest) -> dict:
+    """A run's fixed start-up (to its first chunk) and its steady cost per chunk per fold per core (the marginal
+    cost of more files: the run's time after the first chunk began, over its chunks and folds, times its workers)."""
+    steady = (summary.wall_s - summary.startup_s - summary.write_s) / max(1, summary.n_chunks)
+    return {
+        "startup_to_first_chunk_s": round(summary.startup_s, 2),
+        "steady_ms_per_chunk_per_fold_per_core": round(steady * summary.workers / manifest.n_folds * 1000, 2),
+        "mode": summary.precision.split(" (")[0],
+    }
+
+
 def pool_startup_s(models: str, workers: int, session) -> float:
     """Seconds from creating a spawn pool to every worker having built its sessions, in the backend and precision
     the run uses (OpenVINO compiles each fold: that is start-up, not per-chunk time)."""
@@ -418,6 +430,12 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         summary = run_predict(audio_dir, args.models, Path(tmp) / "submission.csv", options=options)
     session = summary.session or session  # auto resolved: start-up, model-only and nfnet timed in that mode
+    result["installs"] = {f"as asked ({summary.precision.split(' (')[0]})": install_figures(summary, manifest)}
+    if (session.backend, session.precision) != ("onnxruntime", "fp32"):  # the same job with ONNX Runtime alone
+        ort_only = RunOptions(workers=workers, session=SessionSettings(batch_size=args.batch_size))
+        with tempfile.TemporaryDirectory() as tmp:
+            ort = run_predict(audio_dir, args.models, Path(tmp) / "submission.csv", options=ort_only)
+        result["installs"]["onnxruntime only (fp32)"] = install_figures(ort, manifest)
     startup = pool_startup_s(str(args.models), workers, session)
     chunks = summary.n_chunks
     fixed_s = summary.plan_s + startup + summary.write_s  # once per run, not per chunk
@@ -438,10 +456,12 @@ def run(args: argparse.Namespace) -> dict:
             "models_per_fold": ms(st.model_s / chunks / manifest.n_folds),
         },
         "write_s": round(summary.write_s, 3),
+        "startup_to_first_chunk_s": round(summary.startup_s, 2),
         "failed_files": summary.n_failed,
         "precision": summary.precision,
     }
     result["worker_peak_mb"] = round(summary.worker_peak_mb, 1)
+    result["startup_to_first_chunk_s"] = round(summary.startup_s, 2)
 
     repeats = max(1, args.model_repeats)
     with multiprocessing.get_context("spawn").Manager() as manager:
@@ -655,6 +675,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"the {SAFETY:g}x factor: {e['nfnet_folds_fitting_this_machine']} here, "
                 f"{e['nfnet_folds_fitting_4_cores']} on 4 cores (limit {e['limit_min']:g} min)"
             )
+    for name, fig in result.get("installs", {}).items():
+        print(
+            f"install {name}: start-up {fig['startup_to_first_chunk_s']:.1f} s to the first chunk, steady "
+            f"{fig['steady_ms_per_chunk_per_fold_per_core']:.1f} ms per chunk per fold per core ({fig['mode']})"
+        )
     for m in result.get("modes", []):
         if "skipped" in m:
             print(f"mode {m['mode']}: skipped ({m['skipped']})")

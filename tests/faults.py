@@ -94,3 +94,21 @@ class CountingPredictor(FilePredictor):
             f.write(path.name + "\n")
         time.sleep(float(os.environ.get("BIRD_INFER_COUNT_SLEEP", "0")))
         return r
+
+
+class StallingPredictor(FilePredictor):
+    """Each decoded block takes ``block_s`` (sleeping); a file named ``stall_*`` stops its worker (SIGSTOP) after
+    its second block: a worker that was beating, then went silent."""
+
+    block_s = 0.5
+
+    def _beat(self) -> None:
+        time.sleep(self.block_s)
+        super()._beat()
+        self.blocks = getattr(self, "blocks", 0) + 1
+        if self.current.startswith("stall_") and self.blocks >= 2:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    def predict_part(self, path: Path, n_folds=None, start: int = 0, end=None):
+        self.current, self.blocks = path.name, 0
+        return super().predict_part(path, n_folds, start, end)

@@ -168,3 +168,33 @@ def test_tiny_time_limit_degrades_then_stops_with_a_complete_csv(tmp_path, tiny_
     assert (fallback[list(manifest.labels)].to_numpy() == FALLBACK_PROB).all()
     # Not a test of the machine's speed: the hard stop (at 6 s) must not wait for the files still running.
     assert wall < limit_s
+
+
+def test_a_stalled_worker_is_found_in_seconds(tmp_path, tiny_bundle) -> None:
+    """A worker beats after every decoded block (0.5 s each here), then is SIGSTOPped: it is taken for hung once
+    silent for max(stall_floor_s, stall_factor x the slowest block), its file retried alone and reported; the
+    per-file timeout (set out of reach) plays no part."""
+    import re
+
+    from bird_infer.run.book import WORKER_HUNG
+    from tests.faults import StallingPredictor
+
+    manifest, _, _ = tiny_bundle
+    paths = write_tones(tmp_path, ["a.wav", "stall_b.wav"], seconds=30.0)
+    options = RunOptions(
+        workers=2,
+        block_chunks=1,
+        predictor_factory=StallingPredictor,
+        timeout_floor_s=100_000.0,
+        stall_floor_s=2.0,
+        stall_factor=4.0,
+        split_files=False,
+    )
+    a, stalled = predict_files(paths, manifest, options, rows=[6, 6])
+    print(f"stalled worker: {getattr(stalled, 'reason', '')}")
+    assert isinstance(a, FileResult) and a.n_chunks == 6
+    assert isinstance(stalled, FileFailure) and stalled.attempts == 2
+    assert stalled.reason.startswith(WORKER_HUNG) and "no progress for" in stalled.reason
+    silent = int(re.search(r"no progress for (\d+) s", stalled.reason).group(1))
+    bound = max(options.stall_floor_s, options.stall_factor * StallingPredictor.block_s * 3)  # slowest: ~1 block
+    assert silent <= bound + 2  # the stated bound, plus the parent's 1-s look

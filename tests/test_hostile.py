@@ -365,8 +365,9 @@ RUNNER = """
 import sys
 from pathlib import Path
 from bird_infer.jobs.predict import run_predict
-from bird_infer.run.options import RunOptions
+from bird_infer.run.options import RunOptions, restore_interrupts
 from tests.faults import FaultyPredictor
+restore_interrupts()  # as every entry point does
 run_predict(sys.argv[1], sys.argv[2], sys.argv[3], options=RunOptions(workers=2, predictor_factory=FaultyPredictor))
 """
 
@@ -439,3 +440,34 @@ def test_ctrl_c_twice_stops_everything_at_once(tmp_path, tiny_bundle) -> None:
     print(f"exit status {code} after {time.monotonic() - t0:.2f} s; workers gone {took:.2f} s later")
     assert code != 0 and not any(alive(p) for p in workers)
     assert time.monotonic() - t0 < 15
+
+
+def test_ctrl_c_reaches_a_run_started_with_sigint_ignored(monkeypatch) -> None:
+    """A shell without job control starts background commands with SIGINT ignored; Python then never raises
+    KeyboardInterrupt and a run asked to stop would finish and exit 0 (what the stress script found). Entry points
+    restore it: the CLI's main first of all."""
+    code = (
+        "import os, signal, sys, time\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+        "from bird_infer.run.options import restore_interrupts\n"
+        "restore_interrupts()\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(30)\n"
+        "sys.exit(0)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr
+    from bird_infer import cli
+
+    called = []
+    monkeypatch.setattr(cli, "restore_interrupts", lambda: called.append(True))
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert called == [True]

@@ -233,6 +233,7 @@ def test_offline_notebook_installs_from_the_bundle_and_writes_the_submission(tmp
     assert len(load_manifest(bundle / "models").members) == 2
     print(f"bundle: {result.size_bytes / 2**20:.1f} MiB, wheels: {', '.join(result.wheels)}")
     assert any(w.startswith("onnxruntime-") for w in result.wheels)
+    assert any(w.startswith("openvino-") for w in result.wheels)  # the default bundle carries OpenVINO
     assert verify_checksums(bundle) == []  # SHA256SUMS lists every file as written
     comp = kin / "competitions" / "birdclef-2026"
     (comp / "test_soundscapes").mkdir(parents=True)
@@ -282,6 +283,7 @@ def test_offline_notebook_installs_from_the_bundle_and_writes_the_submission(tmp
     text = "".join(o.get("text", "") for o in nb.cells[0].outputs)
     print(text[-3000:])
     assert "from the bundle's wheels" in text and "onnxruntime" in text
+    assert "installed openvino from the bundle's wheels" in text  # so that auto can choose it
     df = pd.read_csv(work / "submission.csv")
     assert df.columns.tolist() == ["row_id", *order]
     assert df["row_id"].tolist() == [f"H02_20230420_074000_{s}" for s in (5, 10, 15)] + [
@@ -293,3 +295,18 @@ def test_offline_notebook_installs_from_the_bundle_and_writes_the_submission(tmp
     assert "birdclef-2026: 90-minute limit" in text + "".join(
         o.get("text", "") for o in nb.cells[0].outputs if o.get("name") == "stderr"
     )
+
+
+def test_a_wheel_install_without_models_says_how_to_get_some(tmp_path, monkeypatch, capsys) -> None:
+    """pip install bird_infer has no models: predict without --models says how to get a bundle, not a path into
+    site-packages."""
+    from bird_infer import cli
+    from bird_infer.cli import args as cli_args
+
+    missing = tmp_path / "site-packages" / "models"
+    monkeypatch.setattr(cli_args, "DEFAULT_MODELS", missing)
+    monkeypatch.setattr(cli, "DEFAULT_MODELS", missing)
+    (tmp_path / "audio").mkdir()
+    assert cli.main(["predict", "--audio", str(tmp_path / "audio")]) == 2
+    err = capsys.readouterr().err
+    assert "birdnet-bundle" in err and "bird-infer export" in err and "--models" in err

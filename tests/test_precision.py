@@ -34,9 +34,24 @@ def _audio(folder, n=3, seed=5):
 
 def test_auto_candidates_follow_the_cpu_and_the_bundle(tiny_bundle) -> None:
     manifest, _, _ = tiny_bundle
-    assert auto_candidates(manifest, NO_BF16, True) == [("onnxruntime", "fp32")]
-    assert auto_candidates(manifest, WITH_BF16, True) == [("onnxruntime", "fp32"), ("openvino", "bf16")]
-    assert auto_candidates(manifest, WITH_BF16, False) == [("onnxruntime", "fp32")]
+    ort, ov32, bf16 = ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")
+    assert auto_candidates(manifest, NO_BF16, True) == [ort, ov32]
+    assert auto_candidates(manifest, WITH_BF16, True) == [ort, ov32, bf16]
+    assert auto_candidates(manifest, WITH_BF16, False) == [ort]
+
+
+def test_auto_with_one_candidate_runs_no_trial(tmp_path, tiny_bundle, monkeypatch) -> None:
+    """Without OpenVINO, auto has nothing to choose between: no session is built, no audio read for it."""
+    from bird_infer.runtime import precision
+
+    manifest, _, _ = tiny_bundle
+    built = []
+    monkeypatch.setattr(precision, "have", lambda module: False)
+    monkeypatch.setattr(precision, "BundleModel", lambda *a, **k: built.append(a))
+    monkeypatch.setattr(precision, "guard_block", lambda *a: built.append("audio"))
+    session, note, trials = choose_precision(manifest, SessionSettings(precision="auto"), [tmp_path / "x.wav"])
+    assert (session.backend, session.precision) == ("onnxruntime", "fp32") and trials == [] and built == []
+    assert "the only mode" in note
 
 
 def test_cpu_flags_override(monkeypatch) -> None:
@@ -52,16 +67,18 @@ def test_auto_picks_fp32_when_the_guard_refuses_or_the_cpu_lacks_bf16(tmp_path, 
     auto = SessionSettings(precision="auto")
     with caplog.at_level("INFO", logger="bird_infer.runtime.precision"):
         session, note, trials = choose_precision(manifest, auto, paths, cpu=NO_BF16)
-    assert (session.backend, session.precision) == ("onnxruntime", "fp32")
-    assert [t.name for t in trials] == ["onnxruntime fp32"]
-    assert "precision: onnxruntime fp32 (auto" in caplog.text
+    assert [t.name for t in trials] == ["onnxruntime fp32", "openvino fp32"]
+    fastest = min((t for t in trials if t.refused is None), key=lambda t: t.ms_per_chunk)
+    assert (session.backend, session.precision) == (fastest.backend, fastest.precision)
+    assert f"precision: {fastest.name} (auto" in caplog.text
     session, note, trials = choose_precision(manifest, auto, paths, bound=0.0, cpu=WITH_BF16)
     names = [t.name for t in trials]
-    assert names == ["onnxruntime fp32", "openvino bf16"]
-    assert (session.backend, session.precision) == ("onnxruntime", "fp32")
-    bf16 = trials[1]
+    assert names == ["onnxruntime fp32", "openvino fp32", "openvino bf16"]
+    bf16 = trials[2]
     assert bf16.refused is not None  # bf16 is never exactly fp32, or this CPU has none
-    assert note.startswith("onnxruntime fp32 (auto")
+    exact = min((t for t in trials if t.refused is None), key=lambda t: t.ms_per_chunk)  # fp32 equal to the reference
+    assert (session.backend, session.precision) == (exact.backend, exact.precision) != ("openvino", "bf16")
+    assert note.startswith(f"{exact.name} (auto")
 
 
 def test_static_and_dynamic_openvino_shapes_agree(tiny_bundle, check_chunks) -> None:
@@ -114,7 +131,7 @@ def test_int8_from_the_tiny_bundle_loads_runs_and_is_guarded(tmp_path, tiny_bund
     assert refused.precision == "fp32" and "refused" in note
     auto = SessionSettings(precision="auto")
     chosen, note, trials = choose_precision(quantized, auto, paths, bound=delta, cpu=NO_BF16)
-    assert [t.name for t in trials] == ["onnxruntime fp32", "openvino int8"]
+    assert [t.name for t in trials] == ["onnxruntime fp32", "openvino fp32", "openvino int8"]
     fastest = min((t for t in trials if t.refused is None), key=lambda t: t.ms_per_chunk)
     assert chosen.precision == fastest.precision  # auto keeps the fastest the guard accepts
     verified = load_manifest(models)  # the checksums of the int8 files are verified on load

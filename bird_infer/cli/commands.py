@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bird_infer.cli.args import options_from_args
+from bird_infer.cli.args import check_models_arg, options_from_args
 from bird_infer.contract.birdnet import LICENCE
 from bird_infer.contract.errors import BirdInferError
 from bird_infer.contract.extras import require
@@ -32,7 +32,7 @@ from bird_infer.run.predictor import FilePredictor
 from bird_infer.runtime.checks import check_models
 from bird_infer.tools.add_member import MemberRequest, add_member, read_label_map
 from bird_infer.tools.birdnet_bundle import write_bundle
-from bird_infer.tools.bundle import build_bundle
+from bird_infer.tools.bundle import DEFAULT_EXTRAS, build_bundle
 from bird_infer.tools.example import write_example
 from bird_infer.tools.quantize import quantize_bundle
 from bird_infer.tools.synth import CALL_TYPES, CorpusSpec, write_corpus
@@ -40,12 +40,13 @@ from bird_infer.tools.tune import tune
 
 
 def predict_from_args(args: argparse.Namespace) -> int:
+    check_models_arg(args)  # the kernel calls this handler directly
     options = options_from_args(args)
     limit_s = args.time_limit_min * 60 if args.time_limit_min is not None else None
     summary = run_predict(args.audio, args.models, args.out, args.sample_submission, options, limit_s)
     print(
         f"wrote {summary.out_path} ({summary.n_rows} rows, {summary.n_files} files) in {summary.wall_s:.1f} s "
-        f"with {summary.precision}"
+        f"(start-up {summary.startup_s:.1f} s) with {summary.precision}"
     )
     if summary.n_failed or summary.n_partial or summary.n_reduced:
         print(
@@ -208,7 +209,13 @@ def score_from_args(args: argparse.Namespace) -> int:
 
 def bundle_from_args(args: argparse.Namespace) -> int:
     result = build_bundle(
-        args.out, args.models, args.python, args.extra, args.dataset_id, args.title, wheels=not args.no_wheels
+        args.out,
+        args.models,
+        args.python,
+        () if args.no_openvino else DEFAULT_EXTRAS,
+        args.dataset_id,
+        args.title,
+        wheels=not args.no_wheels,
     )
     print(f"wrote {result.folder}: {result.size_bytes / 2**20:.1f} MiB, {len(result.wheels)} wheels")
     for name in result.wheels:

@@ -60,6 +60,9 @@ class JobSummary:
     """Seconds before the pool started: the checks, every fold run once, the accuracy guard (and ``auto``'s trials)."""
     session: SessionSettings | None = None
     """How the folds ran (``auto`` resolved)."""
+    startup_s: float = 0.0
+    """Seconds from the start of the job to the first chunk a worker began: the checks, the accuracy guard, the
+    pool's start (what the run pays once, whatever the number of files)."""
 
 
 def run_predict(
@@ -134,4 +137,5 @@ def run_predict(
         write_error=write_error,
         plan_s=plan_s,
         session=plan.options.session,
+        startup_s=max(0.0, min((r.started_at for r in done), default=plan.started_mono) - plan.started_mono),
     )

@@ -102,12 +102,13 @@ class TaskBook:
         else:
             self.finish(i, FileFailure(self.paths[i], WORKER_DIED))
 
-    def worker_hung(self, i: int, seconds: float) -> None:
-        """File ``i`` ran far past its expected time: it is charged the attempt, like a death alone."""
+    def worker_hung(self, i: int, seconds: float, what: str = "no result") -> None:
+        """File ``i``'s worker went silent (``no progress``) or ran far past its expected time (``no result``): it
+        is charged the attempt, like a death alone."""
         if self.attempts[i] < self.options.max_attempts:
             self.suspects.append(i)
         else:
-            self.finish(i, FileFailure(self.paths[i], f"{WORKER_HUNG} (no result after {seconds:.0f} s)"))
+            self.finish(i, FileFailure(self.paths[i], f"{WORKER_HUNG} ({what} for {seconds:.0f} s)"))
 
     def next_index(self) -> int | None:
         if self.suspects:

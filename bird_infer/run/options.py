@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,11 @@ class RunOptions:
     slowest seconds per row measured so far, 0.5 s before any measurement) is taken for a hung worker:
     the workers are killed and it is handled like a dead worker."""
     timeout_factor: float = 10.0
+    stall_floor_s: float = 30.0
+    """A pool worker silent (no decoded block) for ``max(stall_floor_s, stall_factor x`` the slowest block seen) is
+    taken for hung: found in seconds, where the per-file timeout above is the last resort
+    (:mod:`bird_infer.run.heartbeat`)."""
+    stall_factor: float = 10.0
     engine: str = "pool"
     """One of :data:`ENGINES`: ``pool`` (this machine's process pool) or ``dask`` (a Dask cluster; see
     :mod:`bird_infer.run.dask_engine`)."""
@@ -63,6 +69,8 @@ class RunOptions:
             "max_attempts": self.max_attempts >= 1,
             "timeout_floor_s": math.isfinite(self.timeout_floor_s) and self.timeout_floor_s > 0,
             "timeout_factor": math.isfinite(self.timeout_factor) and self.timeout_factor > 0,
+            "stall_floor_s": math.isfinite(self.stall_floor_s) and self.stall_floor_s > 0,
+            "stall_factor": math.isfinite(self.stall_factor) and self.stall_factor > 0,
             "member_rows_ram_mb": math.isfinite(self.member_rows_ram_mb) and self.member_rows_ram_mb >= 0,
             "engine": self.engine in ENGINES,
         }
@@ -94,3 +102,12 @@ def keeps_member_rows(manifest: Manifest, options: RunOptions) -> bool:
     """Whether a run's files come back with their members' rows, to be blended and post-processed once every row
     is in (:mod:`bird_infer.run.runwide`)."""
     return manifest.blend.needs_every_row or options.keep_member_rows
+
+
+def restore_interrupts() -> None:
+    """Let Ctrl-C (SIGINT) stop the run even when this process was started with SIGINT ignored: a shell without job
+    control starts background commands so, and Python then never raises KeyboardInterrupt, so a run asked to stop
+    would go on to the end and exit 0. Called by entry points (the CLI, the Kaggle kernel) before any work, in the
+    main thread; the pool's workers ignore SIGINT on purpose (the parent decides what stops)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

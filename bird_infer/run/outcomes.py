@@ -62,6 +62,9 @@ class FileResult:
     holds the weighted mean, not yet post-processed."""
     predicted: np.ndarray | None = None
     """(n_rows,) bool: the rows that hold predictions (the others hold the fallback); None: every row."""
+    started_at: float = 0.0
+    """``time.monotonic()`` when a worker began the file (its first part): one clock for every process of the
+    machine, so that the run can say how long it took to reach its first chunk."""
     prior_unmatched: bool = False
     """A ``prior`` step found no row of its table for this file's name: its rows were left unchanged."""
 

@@ -78,6 +78,9 @@ class RunPlan:
     options: RunOptions
     precision: str
     started: float
+    """``time.perf_counter()`` when the plan began (the deadline counts from here)."""
+    started_mono: float
+    """``time.monotonic()`` at the same moment: comparable with the workers' clocks."""
     time_limit_s: float | None
     root: Path
     """The folder the entries were found under."""
@@ -115,7 +118,7 @@ def plan_run(
     (``name_entries(entries, root)``, the job's rule), the output place (``check_place(names, rows, manifest)``),
     then the accuracy guard for a reduced precision.
     Raises ManifestError, SubmissionFormatError, OutputError (exit status 2 in the CLI)."""
-    started = time.perf_counter()
+    started, started_mono = time.perf_counter(), time.monotonic()
     options = options or RunOptions()
     if time_limit_s is not None and not (math.isfinite(time_limit_s) and time_limit_s > 0):
         raise ValueError(f"time_limit_s must be a positive number of seconds, got {time_limit_s!r}")
@@ -136,7 +139,18 @@ def plan_run(
     session, precision, _trials = choose_precision(manifest, options.session, readable, options.precision_bound)
     options = dataclasses.replace(options, session=session)
     return RunPlan(
-        manifest, entries, names, problems, rows, options, precision, started, time_limit_s, root, sample_cols
+        manifest,
+        entries,
+        names,
+        problems,
+        rows,
+        options,
+        precision,
+        started,
+        started_mono,
+        time_limit_s,
+        root,
+        sample_cols,
     )
 
 

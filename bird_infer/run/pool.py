@@ -30,12 +30,16 @@ from concurrent.futures.process import BrokenProcessPool
 
 from bird_infer.contract.schema import Manifest
 from bird_infer.run.book import HangTimeouts, TaskBook
+from bird_infer.run.heartbeat import Heartbeats
 from bird_infer.run.options import RunOptions
 from bird_infer.run.outcomes import Outcome
 from bird_infer.run.predictor import make_predictor, run_segment
 from bird_infer.run.worker import init_worker, predict_in_worker
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_POLL_S = 1.0
+"""How often the parent looks at the workers' heartbeats while files are in flight."""
 
 
 def run_in_process(book: TaskBook, manifest: Manifest) -> Iterator[tuple[int, Outcome]]:
@@ -51,11 +55,27 @@ def run_in_process(book: TaskBook, manifest: Manifest) -> Iterator[tuple[int, Ou
     yield from book.drain()
 
 
-def _new_pool(workers: int, manifest: Manifest, options: RunOptions) -> ProcessPoolExecutor:
+def _new_pool(workers: int, manifest: Manifest, options: RunOptions) -> tuple[ProcessPoolExecutor, Heartbeats]:
     ctx = multiprocessing.get_context("spawn")  # no inherited threads or sessions: safe on every OS
-    return ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=init_worker, initargs=(manifest, options, os.getpid())
+    beats = Heartbeats(ctx, workers)
+    pool = ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=init_worker, initargs=(manifest, options, os.getpid(), beats)
     )
+    return pool, beats
+
+
+def _stalled(
+    in_flight: dict[Future[Outcome], tuple[int, float]], beats: Heartbeats, options: RunOptions, now: float
+) -> tuple[Future[Outcome], int, float] | None:
+    """A task whose worker has been silent longer than the stall bound (:mod:`bird_infer.run.heartbeat`): its
+    future, index and seconds of silence; None when every worker is beating. Silence counts from the task's
+    start in a worker: a pool still starting (spawning, building sessions) is left to the per-file timeout."""
+    bound = max(options.stall_floor_s, options.stall_factor * beats.slowest_block_s())
+    for fut, (i, _t0) in in_flight.items():
+        last = beats.last_beat(i)
+        if last is not None and now - last > bound:
+            return fut, i, now - last
+    return None
 
 
 def _kill_pool(pool: ProcessPoolExecutor) -> None:
@@ -72,7 +92,7 @@ def _kill_pool(pool: ProcessPoolExecutor) -> None:
 def run_in_pool(book: TaskBook, manifest: Manifest, workers: int, rows: Sequence[int]) -> Iterator[tuple[int, Outcome]]:
     """Every task on a pool of ``workers`` processes (``rows``: each task's expected rows, for its hang timeout);
     yields (task index, outcome) as each settles."""
-    pool = _new_pool(workers, manifest, book.options)
+    pool, beats = _new_pool(workers, manifest, book.options)
     timeouts = HangTimeouts(book.options, rows)
     in_flight: dict[Future[Outcome], tuple[int, float]] = {}  # future -> (file index, submitted at)
     try:
@@ -90,7 +110,7 @@ def run_in_pool(book: TaskBook, manifest: Manifest, workers: int, rows: Sequence
             while not broken and len(in_flight) < cap and (i := book.next_index()) is not None:
                 book.attempts[i] += 1
                 try:
-                    fut = pool.submit(predict_in_worker, *book.task_args(i))
+                    fut = pool.submit(predict_in_worker, *book.task_args(i), task=i)
                     in_flight[fut] = (i, time.monotonic())
                 except BrokenProcessPool:  # a worker died since the last look: this file never started
                     book.attempts[i] -= 1
@@ -104,7 +124,7 @@ def run_in_pool(book: TaskBook, manifest: Manifest, workers: int, rows: Sequence
             if not broken:
                 now = time.monotonic()
                 deadlines = [t0 + timeouts.limit_s(i) for i, t0 in in_flight.values()]
-                timeout = max(0.0, min(deadlines) - now) + 0.01
+                timeout = min(max(0.0, min(deadlines) - now) + 0.01, HEARTBEAT_POLL_S)
                 if book.guard:
                     timeout = min(timeout, book.guard.seconds_to_stop(book.guard.elapsed_s()) + 0.01)
                 done, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
@@ -121,7 +141,16 @@ def run_in_pool(book: TaskBook, manifest: Manifest, workers: int, rows: Sequence
                 if not done:
                     now = time.monotonic()
                     late = [(fut, i, t0) for fut, (i, t0) in in_flight.items() if now - t0 > timeouts.limit_s(i)]
-                    if late:
+                    stall = _stalled(in_flight, beats, book.options, now)
+                    if stall is not None:
+                        fut, hung, silent = stall
+                        del in_flight[fut]
+                        log.warning(
+                            "%s: its worker has been silent for %.0f s: taken for hung", book.paths[hung], silent
+                        )
+                        book.worker_hung(hung, silent, "no progress")
+                        broken = True
+                    elif late:  # the last resort: a worker that beats but never finishes
                         fut, hung, t0 = late[0]
                         del in_flight[fut]
                         log.warning(
@@ -138,7 +167,7 @@ def run_in_pool(book: TaskBook, manifest: Manifest, workers: int, rows: Sequence
                     "a worker process died or hung; starting a new pool, %d file(s) to retry", len(book.suspects)
                 )
                 _kill_pool(pool)
-                pool = _new_pool(workers, manifest, book.options)
+                pool, beats = _new_pool(workers, manifest, book.options)
             yield from book.drain()
     except BaseException as e:
         # Ctrl-C, the consumer stopping (GeneratorExit), anything unexpected: kill the workers now rather than

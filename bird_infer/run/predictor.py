@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,8 @@ class FilePredictor:
         self.options = options
         self.ensemble = BundleModel(manifest, options.session)
         self.keep_members = keeps_member_rows(manifest, options)
+        self.on_block: Callable[[], None] | None = None
+        """Called after every decoded block (a pool worker's heartbeat, :mod:`bird_infer.run.heartbeat`)."""
         self.post = None if self.keep_members else PostProcessor(manifest)
 
     def predict_file(self, path: Path, n_folds: int | None = None) -> FileResult:
@@ -52,6 +55,10 @@ class FilePredictor:
         chunk, or whatever ONNX Runtime raises.
         """
         return assemble(self.manifest, path, [self.predict_part(path, n_folds)], n_folds, self.post)
+
+    def _beat(self) -> None:
+        if self.on_block is not None:
+            self.on_block()
 
     def predict_part(
         self, path: Path, n_folds: int | None = None, start: int = 0, end: int | None = None
@@ -69,6 +76,7 @@ class FilePredictor:
         bad_chunks = [np.zeros(len(folds), dtype=np.int64) for folds, _ in kept]
         reader = RowReader(path, bundle.specs, self.manifest.row_s, self.options.block_chunks)
         reached_end = True
+        started_at = time.monotonic()
         t0 = time.perf_counter()
         for first, windows in reader:
             n = next(iter(windows.values())).shape[0]
@@ -76,6 +84,7 @@ class FilePredictor:
                 reached_end = False
                 break
             if first + n <= start:  # before this segment: decoded (the stream needs it), not predicted
+                self._beat()
                 continue
             lo, hi = max(0, start - first), n if end is None else min(n, end - first)
             if lo or hi < n:
@@ -90,6 +99,7 @@ class FilePredictor:
             decode_s += t1 - t0
             frontend_s += bundle.last_frontend_s
             model_s += t2 - t1 - bundle.last_frontend_s
+            self._beat()
             t0 = time.perf_counter()
         return PartResult(
             path=path,
@@ -105,6 +115,7 @@ class FilePredictor:
             bad_chunks=tuple(tuple(int(c) for c in counts) for counts in bad_chunks),
             member_rows=tuple(gather.sums),
             decoded_rows=reader.decoded if reached_end else 0,
+            started_at=started_at,
         )
 
 

@@ -147,6 +147,7 @@ def assemble(
         duration_s=tail.duration_s,
         parts=len(parts),
         member_probs=members,
+        started_at=min(p.started_at for p in parts),
         predicted=predicted,
         prior_unmatched=unmatched,
     )

@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 
 from bird_infer.contract.schema import Manifest
+from bird_infer.run.heartbeat import Heartbeats, WorkerBeat
 from bird_infer.run.options import RunOptions
 from bird_infer.run.predictor import FilePredictor, make_predictor, run_segment
 
 # One predictor per worker process, built by the pool initializer and only read afterwards.
 _WORKER_PREDICTOR: FilePredictor | None = None
+_WORKER_BEAT: WorkerBeat | None = None
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -47,16 +49,29 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def init_worker(manifest: Manifest, options: RunOptions, parent_pid: int | None = None) -> None:
-    """Pool initializer: tie this worker's life to its parent's, then build its sessions once."""
-    global _WORKER_PREDICTOR
+def init_worker(
+    manifest: Manifest, options: RunOptions, parent_pid: int | None = None, beats: Heartbeats | None = None
+) -> None:
+    """Pool initializer: tie this worker's life to its parent's, then build its sessions once; with ``beats``,
+    beat after every decoded block."""
+    global _WORKER_PREDICTOR, _WORKER_BEAT
     if parent_pid is not None:
         die_with_parent(parent_pid)
     _WORKER_PREDICTOR = make_predictor(manifest, options)
+    if beats is not None:
+        _WORKER_BEAT = WorkerBeat(beats)
+        _WORKER_PREDICTOR.on_block = _WORKER_BEAT.block
 
 
-def predict_in_worker(path: Path, n_folds: int | None, start: int = 0, end: int | None = None):
-    """The pool task: one file, or a segment of one, with this worker's predictor."""
+def predict_in_worker(path: Path, n_folds: int | None, start: int = 0, end: int | None = None, task: int = -1):
+    """The pool task: one file, or a segment of one, with this worker's predictor (``task``: its index, for the
+    heartbeat)."""
     if _WORKER_PREDICTOR is None:  # pragma: no cover - the initializer always runs first
         raise RuntimeError("worker used before its initializer ran")
-    return run_segment(_WORKER_PREDICTOR, path, n_folds, start, end)
+    if _WORKER_BEAT is not None:
+        _WORKER_BEAT.start(task)
+    try:
+        return run_segment(_WORKER_PREDICTOR, path, n_folds, start, end)
+    finally:
+        if _WORKER_BEAT is not None:
+            _WORKER_BEAT.done()

@@ -5,9 +5,10 @@ is run by the whole bundle in ONNX Runtime fp32, the reference, and in each mode
 
 - an explicit mode (``--backend openvino --precision bf16|int8``, or OpenVINO fp32) runs only if its
   probabilities stay within the bound of fp32's on that block, else the run goes on in ONNX Runtime fp32;
-- ``auto`` (the Kaggle kernel's default) tries every mode this machine offers: OpenVINO bf16 where the CPU has
-  bf16 (AVX512-BF16 or AMX), OpenVINO int8 where every fold has an int8 model (``bird-infer quantize``), always
-  ONNX Runtime fp32; it times each on the same block and keeps the fastest that the guard accepts.
+- ``auto`` (the Kaggle kernel's default) tries every mode this machine offers: OpenVINO fp32 where OpenVINO is
+  installed, OpenVINO bf16 where the CPU has bf16 too (AVX512-BF16 or AMX), OpenVINO int8 where every fold has an
+  int8 model (``bird-infer quantize``), always ONNX Runtime fp32; it times each on the same block and keeps the
+  fastest that the guard accepts. With one candidate (no OpenVINO) nothing is tried: no audio is read for it.
 
 Every decision is logged with its measurements (max |p - p_fp32| over every member's outputs, before the blend;
 ms per chunk for the whole bundle).
@@ -70,6 +71,8 @@ class Trial:
 def auto_candidates(manifest: Manifest, cpu: CpuInfo, have_openvino: bool) -> list[tuple[str, str]]:
     """The modes ``auto`` tries on this machine, the fp32 reference first."""
     modes = [REFERENCE]
+    if have_openvino:
+        modes.append(("openvino", "fp32"))
     if have_openvino and cpu.has_bf16:
         modes.append(("openvino", "bf16"))
     onnx_folds = [f for m in manifest.members if m.birdnet is None for f in m.folds]
@@ -130,15 +133,18 @@ def choose_precision(
         return dataclasses.replace(st, backend=backend, precision=precision)
 
     fallback = with_mode(*REFERENCE)
+    if st.precision == "auto":
+        modes = auto_candidates(manifest, cpu or cpu_info(), have("openvino"))
+        if len(modes) == 1:  # nothing to choose between: no trial, no audio read, no session built
+            log.info("precision: onnxruntime fp32 (auto: the only mode this machine offers)")
+            return fallback, "onnxruntime fp32 (auto: the only mode here)", []
+    else:
+        modes = [REFERENCE, asked]
     block = guard_block(manifest, paths)
     if block is None:
         return fallback, f"onnxruntime fp32 ({st.backend} {st.precision} not checked: no readable audio)", []
     windows, path = block
     n = next(iter(windows.values())).shape[0]
-    if st.precision == "auto":
-        modes = auto_candidates(manifest, cpu or cpu_info(), have("openvino"))
-    else:
-        modes = [REFERENCE, asked]
     trials: list[Trial] = []
     reference = None
     for backend, precision in modes:

@@ -5,9 +5,9 @@ The folder holds:
 - ``bird_infer/``: this package's source (inference never imports torch);
 - ``models/``: the user's models folder, checked (manifest, files, checksums) before it is copied;
 - ``kaggle_kernel.py``: the cell to paste;
-- ``wheels/``: every runtime package a notebook may lack, with their dependencies, for each CPython asked
-  (3.11 and 3.12 by default), manylinux x86-64, downloaded by pip *for those targets* (not for the
-  machine building the bundle), at the versions installed here when they are;
+- ``wheels/``: every runtime package a notebook may lack, with their dependencies, and OpenVINO (unless
+  ``--no-openvino``), for each CPython asked (3.11 and 3.12 by default), manylinux x86-64, downloaded by pip *for
+  those targets* (not for the machine building the bundle), at the versions installed here when they are;
 - ``dataset-metadata.json`` for ``kaggle datasets create -p DIR --dir-mode zip``;
 - ``SHA256SUMS``: one ``<sha256>  <path>`` line per file.
 
@@ -33,6 +33,9 @@ from bird_infer.contract.manifest import load_manifest
 log = logging.getLogger(__name__)
 
 RUNTIME_PACKAGES = ("onnxruntime", "onnx", "soxr", "soundfile")
+DEFAULT_EXTRAS = ("openvino",)
+"""Engines a bundle carries unless told not to: OpenVINO, so that ``--precision auto`` can choose it (fp32, or bf16
+where the notebook's CPU has it) on whatever CPU the notebook gets."""
 """What a Kaggle CPU image lacks, or may lack, of bird_infer's runtime (numpy, scipy and pandas are in it)."""
 EXTRA_PACKAGES = {"openvino": ("openvino",)}
 DEFAULT_PYTHONS = ("3.11", "3.12")
@@ -123,7 +126,7 @@ def build_bundle(
     out: str | Path,
     models: str | Path,
     pythons: Sequence[str] = DEFAULT_PYTHONS,
-    extras: Sequence[str] = (),
+    extras: Sequence[str] = DEFAULT_EXTRAS,
     dataset_id: str = "YOUR-KAGGLE-USERNAME/bird-infer-bundle",
     title: str = "bird-infer bundle",
     wheels: bool = True,
