@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "BirdInferError": "bird_infer.contract.errors",
     "ManifestError": "bird_infer.contract.errors",
-    "Manifest": "bird_infer.contract.schema",
+    "Manifest": "bird_infer.contract.bundle",
     "load_manifest": "bird_infer.contract.manifest",
     "LogMelFrontend": "bird_infer.audio.logmel",
     "SessionSettings": "bird_infer.runtime.sessions",

@@ -34,6 +34,7 @@ from torch import nn
 from bird_infer.audio.decode import iter_chunk_blocks
 from bird_infer.audio.files import find_audio_files
 from bird_infer.audio.logmel import LogMelFrontend
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import AudioDecodeError, ExportError
 from bird_infer.contract.files import sha256_file
 from bird_infer.contract.manifest import load_manifest, write_manifest
@@ -43,7 +44,6 @@ from bird_infer.contract.schema import (
     EnsembleConfig,
     FoldSpec,
     FrontendConfig,
-    Manifest,
     Member,
     ModelConfig,
     TensorSpec,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import (
     ChecksumMismatchError,
     InvalidFieldError,
@@ -19,7 +20,7 @@ from bird_infer.contract.errors import (
     ModelShapeError,
 )
 from bird_infer.contract.postprocess import Prior
-from bird_infer.contract.schema import FoldSpec, Manifest, Member
+from bird_infer.contract.schema import FoldSpec, Member
 
 
 def sha256_file(path: Path, block_bytes: int = 1 << 20) -> str:

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import (
     InvalidFieldError,
     ManifestError,
@@ -26,7 +27,7 @@ from bird_infer.contract.files import verify_files
 from bird_infer.contract.parse import check_labels
 from bird_infer.contract.parse_member import parse_member, resolve_heads
 from bird_infer.contract.parse_post import parse_blend, parse_label_groups, parse_postprocess
-from bird_infer.contract.schema import MANIFEST_NAME, Manifest, SpeciesName
+from bird_infer.contract.schema import MANIFEST_NAME, SpeciesName
 
 SUPPORTED_SCHEMAS = (1, 2)
 

@@ -5,18 +5,16 @@ a name, a weight, its own audio settings (sample rate, window length, resampler)
 log-mel, every parameter as in training, or ``None`` when the model takes the waveform and computes its
 features inside the graph), its folds, its fold-combination and output rules, and its own label list,
 mapped by name onto the bundle's labels. Rows of the submission are ``row_s`` long (5 s) whatever the
-members' windows. Parsing and validation live in :mod:`bird_infer.contract.manifest`.
+members' windows. The bundle as a whole, :class:`~bird_infer.contract.bundle.Manifest`, is in
+:mod:`bird_infer.contract.bundle`. Parsing and validation live in :mod:`bird_infer.contract.manifest`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 from bird_infer.contract.birdnet import package_file
-from bird_infer.contract.errors import ManifestError
-from bird_infer.contract.postprocess import Blend, PostProcess
 
 SCHEMA_VERSION = 2
 """What :func:`bird_infer.contract.manifest.write_manifest` writes; version 1 (one model family) still loads."""
@@ -318,152 +316,3 @@ class SpeciesName:
 
     scientific: str = field(metadata=_doc("Scientific name, e.g. 'Geothlypis trichas'."))
     common: str = field(metadata=_doc("Common name, e.g. 'Common Yellowthroat'."))
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """A validated model bundle. ``root`` is the folder holding manifest.json."""
-
-    labels: tuple[str, ...]
-    """The bundle's output columns, in order (a sample submission may reorder them)."""
-    members: tuple[Member, ...]
-    row_s: float = 5.0
-    """Length of one submission row (seconds)."""
-    postprocess: PostProcess = field(default_factory=PostProcess)
-    """The ordered steps applied to each file's blended rows (:mod:`bird_infer.contract.postprocess`)."""
-    blend: Blend = field(default_factory=Blend)
-    """How the members' probabilities of a label become one."""
-    label_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    """Named lists of bundle labels (a taxon, a call type), for group weights and per-group steps."""
-    drop_order: tuple[str, ...] = ()
-    """Member names in the order the deadline guard drops their folds (first: dropped first); members not
-    listed come after, lowest weight first. The first fold of every member is never dropped."""
-    description: str = ""
-    schema_version: int = SCHEMA_VERSION
-    root: Path = Path(".")
-    names: dict[str, SpeciesName] = field(default_factory=dict)
-    """Optional scientific and common name per label; a label without an entry stands in for both."""
-
-    def species_name(self, label: str) -> SpeciesName:
-        """The label's names, or the label itself as both."""
-        return self.names.get(label) or SpeciesName(label, label)
-
-    def fold_path(self, fold: FoldSpec) -> Path:
-        return fold_file(self.root, fold)
-
-    @property
-    def n_folds(self) -> int:
-        return sum(len(m.folds) for m in self.members)
-
-    def member(self, name: str | None = None) -> Member:
-        """The member named ``name``; without a name, the only member of a one-member bundle."""
-        if name is None:
-            if len(self.members) != 1:
-                names = [m.name for m in self.members]
-                raise ManifestError(f"this bundle has {len(self.members)} members {names}; name the member you mean")
-            return self.members[0]
-        for m in self.members:
-            if m.name == name:
-                return m
-        raise ManifestError(f"no member named {name!r}; the bundle has {[m.name for m in self.members]}")
-
-    def fold_order(self) -> list[tuple[int, int]]:
-        """(member index, fold index) in keeping order: every member's first fold first (never dropped); the folds
-        of the member dropped first come last, and within a member its last fold is dropped first."""
-        index = {m.name: i for i, m in enumerate(self.members)}
-        listed = [n for n in self.drop_order if n in index]
-        rest = sorted(
-            (m.name for m in self.members if m.name not in listed), key=lambda n: self.members[index[n]].weight
-        )
-        droppable = [
-            (index[n], f) for n in [*listed, *rest] for f in reversed(range(1, len(self.members[index[n]].folds)))
-        ]
-        return [(i, 0) for i in range(len(self.members))] + list(reversed(droppable))
-
-    def unit_order(self) -> list[tuple[str, int, int]]:
-        """The deadline guard's units in keeping order: ``("fold", member, fold)`` as :meth:`fold_order`, then
-        ``("shift", member, shift)`` for each member's shifts beyond its base (:attr:`Member.base_shift`). The
-        guard keeping ``k`` units keeps the first ``k``: shifts are dropped first (the last member's last shift
-        first), then folds; never a member's first fold or base shift."""
-        shifts = [
-            ("shift", i, s)
-            for i, m in enumerate(self.members)
-            for s in range(len(m.shifts))
-            if s != m.base_shift and m.source is None
-        ]
-        return [("fold", i, f) for i, f in self.fold_order()] + shifts
-
-    @property
-    def n_units(self) -> int:
-        """Folds and extra shifts: what the deadline guard counts (equal to :attr:`n_folds` without shifts)."""
-        return len(self.unit_order())
-
-    def kept_units(self, n_units: int | None = None) -> list[tuple[list[int], list[int]]]:
-        """For each member, (fold indices, shift indices) kept when the bundle keeps its first ``n_units`` units
-        (default all). A head's shifts are its source's."""
-        order = self.unit_order()
-        k = len(order) if n_units is None else n_units
-        if not len(self.members) <= k <= len(order):
-            raise ValueError(f"the units kept must be between {len(self.members)} and {len(order)}, got {n_units}")
-        folds: list[list[int]] = [[] for _ in self.members]
-        shifts: list[list[int]] = [[m.base_shift] for m in self.members]
-        for kind, i, j in order[:k]:
-            (folds if kind == "fold" else shifts)[i].append(j)
-        index = {m.name: i for i, m in enumerate(self.members)}
-        for i, m in enumerate(self.members):
-            if m.source is not None:
-                shifts[i] = shifts[index[m.source.member]]
-        return [(sorted(f), sorted(s)) for f, s in zip(folds, shifts, strict=True)]
-
-    def kept_folds(self, n_units: int | None = None) -> list[list[int]]:
-        """For each member, the fold indices kept with the bundle's first ``n_units`` units (default all)."""
-        return [f for f, _ in self.kept_units(n_units)]
-
-    def runs(self, n_units: int | None = None) -> int:
-        """Model runs per row with the first ``n_units`` units: each member's kept folds x kept shifts."""
-        return sum(len(f) * len(s) for f, s in self.kept_units(n_units))
-
-    def fold_names(self) -> list[list[str]]:
-        """Each member's fold names as reports show them (``member/fold`` when there are several members)."""
-        several = len(self.members) > 1
-        return [[f"{m.name}/{f.name}" if several else f.name for f in m.folds] for m in self.members]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The manifest as written (schema 2)."""
-        members = []
-        for m in self.members:
-            d = asdict(m)
-            d["labels"] = list(m.labels)
-            d["frontend"] = {"kind": "waveform"} if m.frontend is None else {"kind": "logmel", **asdict(m.frontend)}
-            if m.birdnet is None:
-                d.pop("birdnet")
-            else:
-                d["kind"] = "birdnet"
-                d["birdnet"]["outputs"] = list(m.birdnet.outputs)
-            for key in ("output_index", "source", "head_dim"):
-                if d[key] is None:
-                    d.pop(key)
-            if m.output_index is not None:
-                d["output_index"] = list(m.output_index)
-            if m.source is not None:  # a head's audio and input are its source's
-                for key in ("audio", "frontend", "head_dim"):
-                    d.pop(key, None)
-            if m.shifts == (Shift(),):
-                d.pop("shifts")
-            for f in d["folds"]:
-                if not f["embeddings"]:
-                    f.pop("embeddings")
-            members.append(d)
-        blend = asdict(self.blend)
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "description": self.description,
-            "labels": list(self.labels),
-            "row_s": self.row_s,
-            "members": members,
-            "postprocess": self.postprocess.to_list(),
-            **({"blend": blend} if self.blend != Blend() else {}),
-            **({"label_groups": {k: list(v) for k, v in self.label_groups.items()}} if self.label_groups else {}),
-            "drop_order": list(self.drop_order),
-            **({"names": {k: asdict(v) for k, v in self.names.items()}} if self.names else {}),
-        }

@@ -29,9 +29,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import BirdInferError, OutputError
 from bird_infer.contract.extras import require
-from bird_infer.contract.schema import Manifest
 from bird_infer.contract.text import safe_text
 from bird_infer.outputs.atomic import write_atomic, write_csv_atomic, write_text
 from bird_infer.outputs.names import output_names

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bird_infer.contract.schema import Manifest
+from bird_infer.contract.bundle import Manifest
 from bird_infer.outputs.names import unique_stems
 from bird_infer.outputs.place import check_output, estimate_csv_bytes, write_outputs
 from bird_infer.outputs.report import settle, unit_name

@@ -16,8 +16,9 @@ import numpy as np
 
 from bird_infer.audio.decode import RowReader, WindowSpec
 from bird_infer.audio.logmel import LogMelFrontend, hz_to_mel
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.extras import import_extra
-from bird_infer.contract.schema import AudioConfig, FrontendConfig, Manifest
+from bird_infer.contract.schema import AudioConfig, FrontendConfig
 
 WIDTH_PX, HEIGHT_PX, DPI = 1400, 700, 100
 MAX_COLUMNS = 4000

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bird_infer.contract.schema import FALLBACK_PROB, Manifest
+from bird_infer.contract.bundle import Manifest
+from bird_infer.contract.schema import FALLBACK_PROB
 from bird_infer.contract.text import safe_text
 from bird_infer.outputs.atomic import write_csv_atomic
 from bird_infer.run.outcomes import FileFailure, Outcome

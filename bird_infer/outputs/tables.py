@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from bird_infer.contract.birdnet import FMAX_HZ
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.extras import import_extra
-from bird_infer.contract.schema import Manifest, SpeciesName
+from bird_infer.contract.schema import SpeciesName
 
 RAVEN_COLUMNS = (
     "Selection",

@@ -20,8 +20,8 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.extras import import_extra
-from bird_infer.contract.schema import Manifest
 from bird_infer.contract.text import describe_exception
 from bird_infer.run.book import WORKER_DIED, TaskBook
 from bird_infer.run.options import RunOptions

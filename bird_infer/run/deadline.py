@@ -6,7 +6,7 @@ The order, from the first resort to the last:
    projects the finish from what the finished files cost (seconds per chunk for decoding + front-end,
    and per chunk *per fold* for the models, over the parallelism actually achieved). It picks the
    largest fold count whose projected finish stays within ``safety`` x the limit. Folds are dropped
-   in the keeping order the manifest gives (:meth:`~bird_infer.schema.Manifest.fold_order`: the last fold of
+   in the keeping order the manifest gives (:meth:`~bird_infer.contract.bundle.Manifest.unit_order`: the last fold of
    the least valuable member first; one-member bundles drop fold4 first), never added back once dropped,
    and never the last fold of a member.
 2. **Fallback rows at the hard stop.** At ``limit - reserve`` the run stops: files still running or

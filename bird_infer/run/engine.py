@@ -15,8 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import NonFiniteOutputError
-from bird_infer.contract.schema import Manifest
 from bird_infer.run.book import TaskBook
 from bird_infer.run.deadline import DeadlineGuard
 from bird_infer.run.options import RunOptions, keeps_member_rows

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bird_infer.contract.schema import Manifest
+from bird_infer.contract.bundle import Manifest
 from bird_infer.runtime.machine import available_cores
 from bird_infer.runtime.precision import PRECISION_BOUND
 from bird_infer.runtime.sessions import SessionSettings

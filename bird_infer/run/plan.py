@@ -19,10 +19,10 @@ from pathlib import Path
 
 from bird_infer.audio.decode import audio_info, claimed_chunks
 from bird_infer.audio.files import entry_problem, find_audio_entries
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import AudioDecodeError
 from bird_infer.contract.manifest import load_manifest
 from bird_infer.contract.sample import column_order, read_sample_columns
-from bird_infer.contract.schema import Manifest
 from bird_infer.contract.text import safe_text
 from bird_infer.run.deadline import Deadline, DeadlineGuard
 from bird_infer.run.engine import stream_files

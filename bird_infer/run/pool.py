@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from bird_infer.contract.schema import Manifest
+from bird_infer.contract.bundle import Manifest
 from bird_infer.run.book import HangTimeouts, TaskBook
 from bird_infer.run.heartbeat import Heartbeats
 from bird_infer.run.options import RunOptions

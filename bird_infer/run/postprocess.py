@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.files import PriorTable, load_prior_table
 from bird_infer.contract.postprocess import FileMaxMix, FileScale, Prior, Smooth, Step
-from bird_infer.contract.schema import PROB_MAX, Manifest
+from bird_infer.contract.schema import PROB_MAX
 
 
 def smooth_rows(probs: np.ndarray, valid: np.ndarray, weights: tuple[float, ...]) -> np.ndarray:

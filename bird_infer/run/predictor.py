@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bird_infer.audio.decode import RowReader
-from bird_infer.contract.schema import Manifest
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.text import describe_exception
 from bird_infer.run.options import RunOptions, keeps_member_rows
 from bird_infer.run.outcomes import FileFailure, FileResult, PartResult, StageTimes
@@ -66,7 +66,7 @@ class FilePredictor:
         """Rows ``[start, end)`` of the file (see :mod:`bird_infer.run.segments`): decoded from the file's start,
         the front-ends and folds run only on those rows' windows; each member's outputs gathered onto rows
         (:mod:`bird_infer.run.rows`), before the blend, the fallback and the post-processing. ``n_folds``: the
-        deadline guard's units kept (folds and shifts, :meth:`~bird_infer.contract.schema.Manifest.unit_order`)."""
+        deadline guard's units kept (folds and shifts, :meth:`~bird_infer.contract.bundle.Manifest.unit_order`)."""
         bundle = self.ensemble
         k = bundle.n_units if n_folds is None else n_folds
         kept = bundle.kept(k)

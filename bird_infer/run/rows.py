@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bird_infer.contract.schema import Manifest, Member
+from bird_infer.contract.bundle import Manifest
+from bird_infer.contract.schema import Member
 from bird_infer.run.outcomes import RowSums
 from bird_infer.runtime.ensemble import BlockOutputs
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bird_infer.contract.schema import FALLBACK_PROB, Manifest
+from bird_infer.contract.bundle import Manifest
+from bird_infer.contract.schema import FALLBACK_PROB
 from bird_infer.run.outcomes import FileResult, Outcome
 from bird_infer.run.postprocess import PostProcessor
 from bird_infer.runtime.blend import blend, member_weights, rank_scale

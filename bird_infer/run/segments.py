@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import NonFiniteOutputError
-from bird_infer.contract.schema import FALLBACK_PROB, Manifest
+from bird_infer.contract.schema import FALLBACK_PROB
 from bird_infer.run.options import RunOptions
 from bird_infer.run.outcomes import FileResult, PartResult, StageTimes
 from bird_infer.run.postprocess import PostProcessor

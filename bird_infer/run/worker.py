@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from bird_infer.contract.schema import Manifest
+from bird_infer.contract.bundle import Manifest
 from bird_infer.run.heartbeat import Heartbeats, WorkerBeat
 from bird_infer.run.options import RunOptions
 from bird_infer.run.predictor import FilePredictor, make_predictor, run_segment

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from bird_infer.contract.schema import Manifest
+from bird_infer.contract.bundle import Manifest
 
 
 def member_weights(manifest: Manifest) -> np.ndarray:

@@ -9,8 +9,9 @@ import logging
 import numpy as np
 
 from bird_infer.audio.logmel import LogMelFrontend
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import BirdInferError, ModelCheckError
-from bird_infer.contract.schema import FoldSpec, Manifest, Member, TensorSpec
+from bird_infer.contract.schema import FoldSpec, Member, TensorSpec
 from bird_infer.contract.text import one_line
 from bird_infer.runtime.ensemble import MemberModel
 from bird_infer.runtime.sessions import make_session

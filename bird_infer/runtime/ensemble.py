@@ -13,8 +13,9 @@ import numpy as np
 
 from bird_infer.audio.decode import WindowSpec
 from bird_infer.audio.logmel import LogMelFrontend
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import NonFiniteOutputError, PrecisionRefusedError
-from bird_infer.contract.schema import PROB_MAX, FrontendConfig, Manifest, Member, fold_file
+from bird_infer.contract.schema import PROB_MAX, FrontendConfig, Member, fold_file
 from bird_infer.runtime.birdnet import BirdnetRunner
 from bird_infer.runtime.sessions import SessionSettings, make_openvino_runner, ort_runner
 

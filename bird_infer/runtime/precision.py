@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from bird_infer.audio.decode import RowReader, WindowSpec
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import AudioDecodeError, PrecisionRefusedError
 from bird_infer.contract.extras import have
-from bird_infer.contract.schema import Manifest
 from bird_infer.runtime.ensemble import BundleModel, window_specs
 from bird_infer.runtime.machine import CpuInfo, cpu_info
 from bird_infer.runtime.sessions import SessionSettings

@@ -37,6 +37,7 @@ from bird_infer.audio.decode import RowReader, WindowSpec
 from bird_infer.audio.files import find_audio_files
 from bird_infer.audio.logmel import LogMelFrontend
 from bird_infer.contract.birdnet import ebird_map
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import AudioDecodeError, InvalidFieldError
 from bird_infer.contract.files import onnx_dims, sha256_file
 from bird_infer.contract.manifest import load_manifest, manifest_from_dict, write_manifest
@@ -45,7 +46,6 @@ from bird_infer.contract.schema import (
     AudioConfig,
     EnsembleConfig,
     FrontendConfig,
-    Manifest,
     Member,
     Shift,
     SourceSpec,

@@ -17,6 +17,7 @@ from bird_infer.contract.birdnet import (
     ebird_map,
     package_file,
 )
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import BirdInferError
 from bird_infer.contract.files import sha256_file
 from bird_infer.contract.manifest import load_manifest, write_manifest
@@ -27,7 +28,6 @@ from bird_infer.contract.schema import (
     BirdnetSpec,
     EnsembleConfig,
     FoldSpec,
-    Manifest,
     Member,
     SpeciesName,
     TensorSpec,

@@ -24,11 +24,12 @@ import numpy as np
 from bird_infer.audio.decode import RowReader, WindowSpec
 from bird_infer.audio.files import find_audio_files
 from bird_infer.audio.logmel import LogMelFrontend
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import AudioDecodeError, BirdInferError
 from bird_infer.contract.extras import import_extra
 from bird_infer.contract.files import sha256_file
 from bird_infer.contract.manifest import load_manifest, write_manifest
-from bird_infer.contract.schema import Manifest, Member, QuantizedSpec
+from bird_infer.contract.schema import Member, QuantizedSpec
 from bird_infer.runtime.sessions import make_session, openvino_config
 
 log = logging.getLogger(__name__)

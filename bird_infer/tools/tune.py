@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import BirdInferError
 from bird_infer.contract.postprocess import Blend, FileMaxMix, FileScale, PostProcess, Prior, Smooth, Step
-from bird_infer.contract.schema import FALLBACK_PROB, MANIFEST_NAME, Manifest
+from bird_infer.contract.schema import FALLBACK_PROB, MANIFEST_NAME
 from bird_infer.outputs.metrics import macro_roc_auc, padded_cmap
 from bird_infer.outputs.names import unique_stems
 from bird_infer.outputs.submission import build_submission
