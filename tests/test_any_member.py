@@ -16,12 +16,12 @@ import soundfile as sf
 
 from bird_infer.audio.logmel import LogMelFrontend
 from bird_infer.contract.birdnet import ebird_map
-from bird_infer.contract.errors import ManifestError
+from bird_infer.contract.errors import AddMemberError, ManifestError
 from bird_infer.contract.manifest import load_manifest
 from bird_infer.contract.schema import PROB_MAX, AudioConfig, Shift, SourceSpec
 from bird_infer.jobs.predict import run_predict
 from bird_infer.run.options import RunOptions
-from bird_infer.tools.add_member import AddMemberError, MemberRequest, add_member, map_labels
+from bird_infer.tools.add_member import MemberRequest, add_member, map_labels
 from tests.conftest import real_audio_dir, synthetic_chunks, write_json
 from tests.standins import PERCH_SAMPLES, head_standin, perch_standin
 

@@ -85,3 +85,7 @@ class ResumeRefusedError(BirdInferError):
 
 class TrainingDataError(BirdInferError):
     """The training data cannot be read as the recipe needs it."""
+
+
+class AddMemberError(InvalidFieldError):
+    """An ``add-member`` input that cannot make a member; the message names what to fix."""

@@ -38,7 +38,7 @@ from bird_infer.audio.files import find_audio_files
 from bird_infer.audio.logmel import LogMelFrontend
 from bird_infer.contract.birdnet import ebird_map
 from bird_infer.contract.bundle import Manifest
-from bird_infer.contract.errors import AudioDecodeError, InvalidFieldError
+from bird_infer.contract.errors import AddMemberError, AudioDecodeError
 from bird_infer.contract.files import onnx_dims, sha256_file
 from bird_infer.contract.manifest import load_manifest, manifest_from_dict, write_manifest
 from bird_infer.contract.schema import (
@@ -57,10 +57,6 @@ log = logging.getLogger(__name__)
 
 CHECK_ROWS = 8
 """Rows of real audio the model is checked on."""
-
-
-class AddMemberError(InvalidFieldError):
-    """An add-member input that cannot make a member; the message names what to fix."""
 
 
 @dataclass(frozen=True)
