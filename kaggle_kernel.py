@@ -42,8 +42,8 @@ RUNTIME_MODULES = {
     "onnx": "onnx",
     "onnxruntime": "onnxruntime",
 }
-# Installed from the bundle's wheels/ when they are there (`bird-infer bundle --extra openvino`); without them
-# --precision auto runs ONNX Runtime fp32.
+# Installed from the bundle's wheels/ when they are there (`bird-infer bundle` carries them unless --no-openvino);
+# without them --precision auto runs ONNX Runtime fp32.
 OPTIONAL_MODULES = {"openvino": "openvino"}
 MAX_DEPTH = 5  # /kaggle/input/<model>/<framework>/<variation>/<version>/models
 # Folders that hold data, never a bundle or a competition: not searched (train_audio has thousands of files).
