@@ -192,7 +192,7 @@ def run(args) -> dict:
         manifest = load_manifest(models)
         summary = run_predict(audio, models, tmp / "sub.csv", options=RunOptions(workers=workers))
         rows = summary.n_chunks
-        steady = (summary.wall_s - summary.plan_s - summary.write_s) / rows
+        steady = (summary.wall_s - summary.startup_s - summary.write_s) / rows
         per_member = member_ms(models, paths[0])
     units = manifest.unit_order()
     full = manifest.runs()
@@ -205,8 +205,8 @@ def run(args) -> dict:
         drops.append({"drop": f"{m.name} {what}", "ms_per_row_saved_one_thread": round(saved, 2)})
     editions = []
     for e in EDITIONS:
-        here = (summary.plan_s + e.rows * steady) / 60
-        four = (summary.plan_s + e.rows * steady * workers / 4) / 60
+        here = (summary.startup_s + e.rows * steady) / 60
+        four = (summary.startup_s + e.rows * steady * workers / 4) / 60
         editions.append(
             {
                 "edition": e.slug,
@@ -239,7 +239,7 @@ def run(args) -> dict:
             "soundscapes": len(paths),
             "rows": rows,
             "wall_s": round(summary.wall_s, 2),
-            "startup_s": round(summary.plan_s, 2),
+            "startup_s": round(summary.startup_s, 2),
             "steady_ms_per_row": round(steady * 1000, 1),
             "precision": summary.precision,
         },
