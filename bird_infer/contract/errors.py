@@ -89,3 +89,7 @@ class TrainingDataError(BirdInferError):
 
 class AddMemberError(InvalidFieldError):
     """An ``add-member`` input that cannot make a member; the message names what to fix."""
+
+
+class AnalyzeOptionError(BirdInferError):
+    """A ``bird-infer analyze`` or ``species`` option that BirdNET-Analyzer 2.4.0 refuses too (its message kept)."""

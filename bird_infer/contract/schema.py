@@ -231,7 +231,8 @@ class BirdnetSpec:
     hop_s: float = 1.0
     """Windows start every ``hop_s`` within a row (0, 1, 2 s into a 5-s row); the row takes their maximum."""
     sensitivity: float = 1.0
-    """Probability = sigmoid(sensitivity x logit), as BirdNET-Analyzer computes it (logits clipped to +-20)."""
+    """BirdNET-Analyzer 2.4.0's ``--sensitivity`` (0.5 to 1.5): probability = sigmoid(logit + (sensitivity - 1) x 10),
+    clipped to +-20, as it computes it."""
 
 
 @dataclass(frozen=True)

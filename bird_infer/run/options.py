@@ -57,6 +57,9 @@ class RunOptions:
     keep_member_rows: bool = False
     """Keep each member's rows before the blend in every FileResult (``bird-infer tune``); a ``rank`` blend keeps
     them whatever this says."""
+    range_filter: tuple[float, float, int, float] | None = None
+    """(latitude, longitude, week, threshold): BirdNET's meta model's species list for a bundle with a BirdNET member;
+    labels whose BirdNET species is not on it get the fallback value (:func:`bird_infer.run.plan.plan_run`)."""
     predictor_factory: Callable[[Manifest, RunOptions], Any] | None = None
     """Builds each worker's predictor (default :class:`~bird_infer.run.predictor.FilePredictor`); must be
     importable by name (spawn)."""

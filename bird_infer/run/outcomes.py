@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +68,9 @@ class FileResult:
     machine, so that the run can say how long it took to reach its first chunk."""
     prior_unmatched: bool = False
     """A ``prior`` step found no row of its table for this file's name: its rows were left unchanged."""
+    analysis: Any = None
+    """``bird-infer analyze``: the file's :class:`~bird_infer.contract.analyze.FileAnalysis` (its segments, not
+    rows: ``probs`` is then empty)."""
 
     @property
     def n_rows(self) -> int:

@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
+import numpy as np
+
 from bird_infer.audio.decode import audio_info, claimed_chunks
 from bird_infer.audio.files import entry_problem, find_audio_entries
 from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import AudioDecodeError
 from bird_infer.contract.manifest import load_manifest
 from bird_infer.contract.sample import column_order, read_sample_columns
+from bird_infer.contract.schema import FALLBACK_PROB
 from bird_infer.contract.text import safe_text
 from bird_infer.run.deadline import Deadline, DeadlineGuard
 from bird_infer.run.engine import stream_files
@@ -30,6 +33,7 @@ from bird_infer.run.options import RunOptions
 from bird_infer.run.outcomes import FileFailure, FileResult, Outcome
 from bird_infer.run.progress import Progress, ProgressDisplay
 from bird_infer.run.segments import plan_tasks
+from bird_infer.runtime.birdnet_analyzer import range_filter_mask
 from bird_infer.runtime.checks import check_models
 from bird_infer.runtime.machine import cpu_info
 from bird_infer.runtime.precision import choose_precision
@@ -86,6 +90,8 @@ class RunPlan:
     """The folder the entries were found under."""
     sample_columns: list[str] | None = None
     """The sample submission's label columns, in its order, when one was given."""
+    outside: np.ndarray | None = None
+    """With ``RunOptions.range_filter``: the labels off BirdNET's species list there (they get the fallback)."""
 
     @property
     def paths(self) -> list[Path]:
@@ -138,6 +144,21 @@ def plan_run(
     readable = [p for p in entries if problems[p] is None]
     session, precision, _trials = choose_precision(manifest, options.session, readable, options.precision_bound)
     options = dataclasses.replace(options, session=session)
+    outside = None
+    if options.range_filter is not None:
+        outside = range_filter_mask(manifest.labels, manifest.members, options.range_filter)
+        lat, lon, week, threshold = options.range_filter
+        log.info(
+            "BirdNET's range filter at %g/%g, week %d (threshold %g): %d of %d labels are off the species list "
+            "and get the fallback value %g",
+            lat,
+            lon,
+            week,
+            threshold,
+            int(outside.sum()),
+            len(manifest.labels),
+            FALLBACK_PROB,
+        )
     return RunPlan(
         manifest,
         entries,
@@ -151,6 +172,7 @@ def plan_run(
         time_limit_s,
         root,
         sample_cols,
+        outside,
     )
 
 
@@ -191,6 +213,8 @@ def iter_outcomes(plan: RunPlan, todo: set[Path] | None = None) -> Iterator[tupl
         for p, _failure in unread:
             log.warning("%s: %s", safe_text(str(p)), plan.problems[p])
         for path, outcome in chain(unread, ((paths[i], o) for i, o in stream)):
+            if plan.outside is not None and plan.outside.any() and isinstance(outcome, FileResult):
+                outcome = dataclasses.replace(outcome, probs=np.where(plan.outside, FALLBACK_PROB, outcome.probs))
             progress.update(outcome.n_rows if isinstance(outcome, FileResult) else rows_of[path])
             show.update()
             yield path, outcome

