@@ -179,3 +179,12 @@ def test_range_filter_in_detect_gives_the_fallback_off_the_list(tmp_path):
     assert "Leiothlypis peregrina_Tennessee Warbler" in off and plain[off].to_numpy().max() > 0.5
     assert np.all(filtered[off].to_numpy() == 0.0)
     assert np.array_equal(filtered[on].to_numpy(), plain[on].to_numpy())
+
+
+def test_dask_engine_gives_the_pools_tables(tmp_path):
+    pytest.importorskip("distributed")
+    inp = str(AUDIO / "opensoundscape")
+    for engine in ("pool", "dask"):
+        assert _analyze(inp, tmp_path / engine, ["--rtype", "csv"], "--engine", engine) == 0
+    c = compare_folders(tmp_path / "pool", tmp_path / "dask", ignore=OWN_FILES)
+    assert c.problems == [] and c.identical == c.files == 10

@@ -51,10 +51,16 @@ class AnalyzeSummary:
     species: int = 0
 
 
-def collect_audio_files(path: str) -> list[str]:
-    """BirdNET-Analyzer's ``collect_audio_files``: every file below ``path`` whose extension it reads, sorted."""
+def collect_audio_files(path: str, unlisted: list[tuple[str, str]] | None = None) -> list[str]:
+    """BirdNET-Analyzer's ``collect_audio_files``: every file below ``path`` whose extension it reads, sorted.
+    A folder that cannot be listed, which BirdNET-Analyzer passes over in silence, is added to ``unlisted``."""
     files = []
-    for root, _, names in os.walk(path):
+
+    def onerror(e: OSError) -> None:
+        if unlisted is not None:
+            unlisted.append((e.filename or path, f"folder cannot be listed ({e.strerror or e})"))
+
+    for root, _, names in os.walk(path, onerror=onerror):
         files.extend(
             os.path.join(root, f)
             for f in names
@@ -127,7 +133,9 @@ def run_analyze(
     species = species_list(settings, labels)
     summary = AnalyzeSummary(species=len(species) or len(labels))
     is_dir = os.path.isdir(settings.input_path)
-    files = collect_audio_files(settings.input_path) if is_dir else [settings.input_path]
+    unlisted: list[tuple[str, str]] = []
+    files = collect_audio_files(settings.input_path, unlisted) if is_dir else [settings.input_path]
+    summary.failed.extend(unlisted)
     summary.files = len(files)
     log.info("Found %d files to analyze; species list contains %d species", len(files), summary.species)
     names = [result_file_names(settings, f) for f in files]

@@ -37,7 +37,7 @@ from bird_infer.outputs.atomic import write_atomic, write_csv_atomic, write_text
 from bird_infer.outputs.names import output_names
 from bird_infer.outputs.place import check_output
 from bird_infer.outputs.plot import plot_file
-from bird_infer.outputs.report import report_frame, settle, unit_name
+from bird_infer.outputs.report import report_frame, settle, unit_name, unlisted_entries
 from bird_infer.outputs.runrecord import RUN_RECORD, RunRecord
 from bird_infer.outputs.tables import (
     COMBINED,
@@ -238,7 +238,7 @@ def run_detect(
         plan.manifest.n_units,
         unit_name(plan.manifest),
     )
-    report = write_csv_atomic(report_frame(entries), out_dir / ERRORS)
+    report = write_csv_atomic(report_frame(entries + unlisted_entries(plan.unlisted)), out_dir / ERRORS)
     combined = _combine(plan, settings, out_dir, record, writer.style) if settings.combine else ()
     results = [o for o in outcomes if isinstance(o, FileResult)]
     return DetectSummary(
@@ -246,7 +246,7 @@ def run_detect(
         n_files=len(plan.entries),
         n_predicted=len(results),
         n_resumed=n_resumed,
-        n_failed=sum(isinstance(o, FileFailure) for o in outcomes),
+        n_failed=sum(isinstance(o, FileFailure) for o in outcomes) + len(plan.unlisted),
         n_detections=writer.n_detections,
         n_chunks=sum(r.n_chunks for r in results),
         wall_s=time.perf_counter() - plan.started,

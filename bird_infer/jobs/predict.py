@@ -16,7 +16,7 @@ from pathlib import Path
 from bird_infer.contract.bundle import Manifest
 from bird_infer.outputs.names import unique_stems
 from bird_infer.outputs.place import check_output, estimate_csv_bytes, write_outputs
-from bird_infer.outputs.report import settle, unit_name
+from bird_infer.outputs.report import NOT_LISTED, settle, unit_name, unlisted_entries
 from bird_infer.outputs.submission import build_submission
 from bird_infer.run.options import RunOptions, keeps_member_rows
 from bird_infer.run.outcomes import FileResult, StageTimes
@@ -106,13 +106,14 @@ def run_predict(
     probs, report_entries = settle(
         outcomes, plan.names, plan.rows, len(manifest.labels), manifest.n_units, unit_name(manifest)
     )
+    report_entries += unlisted_entries(plan.unlisted)
     df = build_submission(plan.names, probs, manifest.labels, manifest.row_s, plan.sample_columns)
     out_path, rep, write_error = write_outputs(df, report_entries, Path(out))
     write_s = time.perf_counter() - t_write
     wall = time.perf_counter() - plan.started
     done = [r for r in outcomes if isinstance(r, FileResult)]
     stages = StageTimes.total(r.times for r in done)
-    n_failed = sum(e.outcome == "fallback" for e in report_entries)
+    n_failed = sum(e.outcome in ("fallback", NOT_LISTED) for e in report_entries)
     n_reduced = sum(e.outcome == "reduced_folds" for e in report_entries)
     log.info("wrote %s: %d rows from %d files in %.1f s", out_path, len(df), len(plan.entries), wall)
     if report_entries:

@@ -9,7 +9,8 @@
   on which no fold was finite), ``folds_excluded`` (a fold's NaN or inf outputs left out),
   ``reduced_folds`` (fewer folds than the manifest has, chosen by the deadline guard),
   ``prior_unmatched`` (a ``prior`` post-processing step found no row for the file's name: its rows were left
-  unchanged) or ``header_ignored`` (a header length not believed; every row predicted);
+  unchanged), ``header_ignored`` (a header length not believed; every row predicted) or ``not_listed`` (a
+  folder under ``--audio`` that could not be listed: ``file`` is the folder; its audio is unknown);
 - ``reason``: why (the exception, a dead worker, the time limit); ``attempts``; ``rows``; ``folds``.
 
 The report is written on every run, with only its header when nothing went wrong, so an old report
@@ -31,6 +32,7 @@ from bird_infer.outputs.atomic import write_csv_atomic
 from bird_infer.run.outcomes import FileFailure, Outcome
 
 REPORT_COLUMNS = ["file", "row_prefix", "outcome", "reason", "attempts", "rows", "folds"]
+NOT_LISTED = "not_listed"
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,11 @@ def settle(
             outcome = "header_ignored"
         entries.append(ReportEntry(r.path, prefix, outcome, "; ".join(notes), r.attempts, r.n_rows, r.n_folds))
     return probs, entries
+
+
+def unlisted_entries(unlisted) -> list[ReportEntry]:
+    """A report line for each folder that could not be listed (it fails ``--strict``)."""
+    return [ReportEntry(folder, "", NOT_LISTED, why, 0, 0, 0) for folder, why in unlisted]
 
 
 def unit_name(manifest: Manifest) -> str:

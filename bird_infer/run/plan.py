@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bird_infer.audio.decode import audio_info, claimed_chunks
-from bird_infer.audio.files import entry_problem, find_audio_entries
+from bird_infer.audio.files import entry_problem, scan_audio
 from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import AudioDecodeError
 from bird_infer.contract.manifest import load_manifest
@@ -90,6 +90,8 @@ class RunPlan:
     """The folder the entries were found under."""
     sample_columns: list[str] | None = None
     """The sample submission's label columns, in its order, when one was given."""
+    unlisted: tuple[tuple[Path, str], ...] = ()
+    """Folders under ``--audio`` that could not be listed, and why: report lines, failures for ``--strict``."""
     outside: np.ndarray | None = None
     """With ``RunOptions.range_filter``: the labels off BirdNET's species list there (they get the fallback)."""
 
@@ -132,7 +134,16 @@ def plan_run(
     sample_cols = read_sample_columns(sample_submission) if sample_submission else None
     column_order(manifest.labels, sample_cols)  # label mismatch fails here, before the audio
     check_models(manifest)
-    entries = find_audio_entries(audio)
+    scan = scan_audio(audio)
+    entries = scan.entries
+    for folder, why in scan.unlisted:
+        log.warning("%s: %s: its audio is neither predicted nor known", safe_text(str(folder)), why)
+    if scan.skipped_mac:
+        log.info(
+            "%d macOS leftover(s) not read: AppleDouble '._' files and macOS trash folders (%s ...)",
+            scan.skipped_mac,
+            ".Trashes",
+        )
     root = Path(audio) if Path(audio).is_dir() else Path(audio).parent
     names = name_entries(entries, root)
     problems = {p: entry_problem(p) for p in entries}
@@ -172,6 +183,7 @@ def plan_run(
         time_limit_s,
         root,
         sample_cols,
+        tuple(scan.unlisted),
         outside,
     )
 
