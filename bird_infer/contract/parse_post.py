@@ -11,7 +11,7 @@ from dataclasses import fields
 from typing import Any
 
 from bird_infer.contract.errors import InvalidFieldError
-from bird_infer.contract.fields import choice, get_field, number, positive
+from bird_infer.contract.fields import bundle_path, choice, get_field, number, positive
 from bird_infer.contract.postprocess import (
     BLEND_RULES,
     FILE_SCALE_MODES,
@@ -135,6 +135,7 @@ def _step(d: Any, i: int, groups: dict[str, tuple[str, ...]]) -> Step:
     table, sha = get_field(d, "table", where), get_field(d, "sha256", where, "the table's sha256")
     if not isinstance(table, str) or not table or not isinstance(sha, str) or not sha:
         raise InvalidFieldError(f"{where}: table and sha256 must be non-empty strings")
+    bundle_path(table, f"{where}.table")
     return Prior(
         pattern=pattern,
         table=table,
