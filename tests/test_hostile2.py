@@ -135,3 +135,87 @@ def test_manifest_paths_outside_the_bundle_are_refused(tmp_path, where, value):
     )  # fmt: skip
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "sha256" not in out.stderr and not (tmp_path / "kaggle").exists()
+
+
+# --- classes 5, 6 and 9: the run record (links, torn and bad lines, changed audio) and names too long -----------
+
+
+def _detect(audio: Path, out: Path, resume: bool = False, **kw):
+    settings = DetectSettings(rtypes=("table", "csv"), combine=True, **kw)
+    return run_detect(audio, MODELS, out, settings, IN_PROCESS, resume=resume)
+
+
+def test_links_planted_in_out_are_not_followed(tmp_path):
+    from bird_infer.contract.errors import ResumeRefusedError
+
+    audio = tmp_path / "audio"
+    tone(audio / "a.wav")
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n", encoding="utf-8")
+    for name in ("bird_infer_done.jsonl", "bird_infer_run.json"):
+        (out / name).symlink_to(victim)
+    _detect(audio, out)
+    assert victim.read_text(encoding="utf-8") == "precious\n"
+    assert not (out / "bird_infer_done.jsonl").is_symlink() and not (out / "bird_infer_run.json").is_symlink()
+    (out / "bird_infer_done.jsonl").unlink()
+    (out / "bird_infer_done.jsonl").symlink_to(victim)
+    with pytest.raises(ResumeRefusedError, match="symbolic link"):
+        _detect(audio, out, resume=True)
+    assert victim.read_text(encoding="utf-8") == "precious\n"
+
+
+def test_resume_redoes_audio_changed_since_and_mends_its_log(tmp_path):
+    audio = tmp_path / "audio"
+    tone(audio / "a.wav", seconds=6.0)
+    tone(audio / "b.wav", seconds=6.0)
+    out = tmp_path / "out"
+    assert _detect(audio, out).n_predicted == 2
+    log_path = out / "bird_infer_done.jsonl"
+    tone(audio / "a.wav", seconds=16.0, freq=3000.0)  # replaced: longer, other content
+    with log_path.open("a", encoding="utf-8") as f:
+        f.write('{"name": "b", "file": "torn')  # a line torn by a kill
+    second = _detect(audio, out, resume=True)
+    assert (second.n_predicted, second.n_resumed) == (1, 1)  # a.wav redone, b.wav kept
+    lines = log_path.read_text(encoding="utf-8").splitlines()
+    assert all(json.loads(x) for x in lines) and log_path.read_bytes().endswith(b"\n")
+    combined = pd.read_csv(out / "combined.results.csv")
+    a_rows = pd.read_csv(out / "a.results.csv")
+    assert a_rows["End (s)"].max() == 20.0  # 16 s of audio: 4 rows, the new length
+    assert len(combined) == len(a_rows) + len(pd.read_csv(out / "b.results.csv"))
+
+
+def test_bad_done_logs_refuse_resume_before_any_audio_or_redo_their_files(tmp_path):
+    from bird_infer.contract.errors import ResumeRefusedError
+
+    audio = tmp_path / "audio"
+    tone(audio / "a.wav")
+    tone(audio / "b.wav")
+    out = tmp_path / "out"
+    _detect(audio, out)
+    log_path = out / "bird_infer_done.jsonl"
+    lines = log_path.read_text(encoding="utf-8").splitlines()
+    first = json.loads(lines[0])
+    del first["detections"]  # a line missing a field: its file is redone, nothing raises later
+    log_path.write_text(json.dumps(first) + "\n" + lines[1] + "\n", encoding="utf-8")
+    again = _detect(audio, out, resume=True)
+    assert (again.n_predicted, again.n_resumed, again.n_failed) == (1, 1, 0)
+    log_path.unlink()
+    log_path.mkdir()  # a directory where the log should be
+    with pytest.raises(ResumeRefusedError, match="cannot read the done log"):
+        _detect(audio, out, resume=True)
+
+
+def test_an_output_name_too_long_costs_only_its_file(tmp_path):
+    audio = tmp_path / "audio"
+    tone(audio / "a.wav")
+    long = "x" * (255 - len(".wav"))
+    tone(audio / f"{long}.wav")
+    out = tmp_path / "out"
+    s = _detect(audio, out)
+    assert (s.n_predicted, s.n_failed) == (1, 1)
+    rep = pd.read_csv(out / "bird_infer_errors.csv")
+    assert rep.file.str.endswith(f"{long}.wav").tolist() == [True]
+    assert "too long" in rep.reason[0]
+    assert (out / "a.selection.table.txt").is_file() and (out / "combined.selection.table.txt").is_file()

@@ -178,7 +178,12 @@ def run_analyze(
             summary.failed.append((files[k], outcome.reason))
             log.warning("Error: Cannot analyze audio file %s: %s", files[k], outcome.reason)
             continue
-        writer.write(outcome.analysis, names[k], files[k])
+        try:
+            writer.write(outcome.analysis, names[k], files[k])
+        except OSError as e:  # this file's tables only (a name too long, a folder in the way): reported
+            summary.failed.append((files[k], f"cannot write its tables: {e.strerror or e}"))
+            log.warning("Error: Cannot save result for %s: %s", files[k], e.strerror or e)
+            continue
         record.add(files[k], seen[k], names[k])
         ok[k] = True
         summary.analyzed += 1

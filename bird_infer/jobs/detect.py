@@ -22,9 +22,11 @@ The pool, the fault handling, the manifest checks and the deadline guard are ``p
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,8 +62,9 @@ from bird_infer.run.plan import RunPlan, iter_outcomes, plan_run
 log = logging.getLogger(__name__)
 
 ERRORS = "bird_infer_errors.csv"
-RECORD_FORMAT = 2
-"""2: each done line holds its file's detections (``--combine`` builds from them)."""
+RECORD_FORMAT = 3
+"""2: each done line holds its file's detections (``--combine`` builds from them); 3: and its audio file's size and
+modification time (``--resume`` redoes a file changed since)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ class _Writer:
         self.style = TableStyle.of(plan.manifest)
         self.n_detections = 0
         self.outcomes: dict[Path, Outcome] = {}
+        self.stamps = {p: stamp(p) for p in plan.entries}
+        """Each entry's (size, mtime_ns) before it is read: recorded, so that --resume redoes a file changed since."""
 
     def paths_for(self, name: str) -> dict[str, Path]:
         out = {r: self.out_dir / f"{name}{SUFFIXES[r]}" for r in self.settings.rtypes}
@@ -157,6 +162,11 @@ class _Writer:
         try:
             self.write(outcome)
         except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:  # this file's outputs only: it is reported, the others are done
+                reason = f"its output name is too long for the file system ({e.strerror}): no outputs written"
+                self.outcomes[outcome.path] = FileFailure(outcome.path, reason, outcome.attempts)
+                log.warning("%s: %s", safe_text(outcome.path.name), reason)
+                return
             raise OutputError(
                 f"cannot write the outputs of {safe_text(outcome.path.name)} in {self.out_dir}: {e.strerror or e}; "
                 f"the {len(self.record.done)} file(s) done are kept: free space and rerun with --resume"
@@ -175,6 +185,7 @@ class _Writer:
             else:
                 write_atomic(path, lambda tmp: plot_file(outcome.path, m, outcome.probs, tmp, self.settings.top))
         self.n_detections += len(dets)
+        size, mtime_ns = self.stamps.get(outcome.path, (-1, -1))
         self.record.add(
             {
                 "name": name,
@@ -182,6 +193,8 @@ class _Writer:
                 "duration_s": found.duration_s,
                 "rows": outcome.n_rows,
                 "detections": [[d.begin_s, d.end_s, d.label, d.confidence] for d in dets],
+                "size": size,
+                "mtime_ns": mtime_ns,
             }
         )
 
@@ -221,7 +234,7 @@ def run_detect(
     record.start(resume)
     writer = _Writer(plan, settings, out_dir, record)
     names = writer.names
-    todo = {p for p in plan.entries if not _is_done(record, names[p], writer.paths_for(names[p]))}
+    todo = {p for p in plan.entries if not _is_done(record, names[p], writer.paths_for(names[p]), p)}
     n_resumed = len(plan.entries) - len(todo)
     if n_resumed:
         log.info("resuming: %d of %d files already done in %s", n_resumed, len(plan.entries), out_dir)
@@ -256,8 +269,21 @@ def run_detect(
     )
 
 
-def _is_done(record: RunRecord, name: str, paths: dict[str, Path]) -> bool:
-    return name in record.done and all(p.exists() for p in paths.values())
+def stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of an audio entry, (-1, -1) when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
+def _is_done(record: RunRecord, name: str, paths: dict[str, Path], audio: Path) -> bool:
+    """Done by the run resumed, its outputs in place, and the audio unchanged since (size and modification time)."""
+    line = record.done.get(name)
+    if line is None or not all(p.exists() for p in paths.values()):
+        return False
+    return [line.get("size"), line.get("mtime_ns")] == list(stamp(audio))
 
 
 def _combine(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bird_infer.contract.errors import ResumeRefusedError
+from bird_infer.outputs.atomic import write_text
 
 DONE_LOG = "bird_infer_analyze_done.jsonl"
 log = logging.getLogger(__name__)
@@ -35,15 +36,19 @@ class DoneLog:
         self.path = Path(out_dir) / DONE_LOG
         settings = json.loads(json.dumps(dict(settings)))  # as the log holds them (tuples become lists)
         self.done: dict[str, dict[str, str]] = {}
+        if resume and self.path.is_symlink():
+            raise ResumeRefusedError(f"{self.path} is a symbolic link, not followed: rerun without --resume")
         if resume and self.path.is_file():
             self._read(settings)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._write_line({"settings": dict(settings)}, mode="w")
+            write_text(self.path, json.dumps({"settings": settings}, ensure_ascii=False) + "\n")  # replaces a link
 
     def _read(self, settings: Mapping[str, Any]) -> None:
         bad = 0
-        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        try:
+            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as e:
+            raise ResumeRefusedError(f"cannot read {self.path} ({e.strerror or e}); rerun without --resume") from e
         for k, line in enumerate(lines):
             try:
                 rec = json.loads(line)
@@ -83,10 +88,9 @@ class DoneLog:
         )
 
     def add(self, fpath: str, seen: tuple[int, int], names: Mapping[str, str]) -> None:
-        self._write_line({"path": fpath, "size": seen[0], "mtime_ns": seen[1], "files": dict(names)}, mode="a")
-
-    def _write_line(self, record: dict[str, Any], mode: str) -> None:
-        with open(self.path, mode, encoding="utf-8") as f:
+        record = {"path": fpath, "size": seen[0], "mtime_ns": seen[1], "files": dict(names)}
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
