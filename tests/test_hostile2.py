@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +221,139 @@ def test_an_output_name_too_long_costs_only_its_file(tmp_path):
     assert rep.file.str.endswith(f"{long}.wav").tolist() == [True]
     assert "too long" in rep.reason[0]
     assert (out / "a.selection.table.txt").is_file() and (out / "combined.selection.table.txt").is_file()
+
+
+# --- classes 1 and 10: what workers load, and Dask faults --------------------------------------------------------
+
+
+def test_a_fold_replaced_after_the_checks_is_refused_by_the_worker(tmp_path):
+    from bird_infer.contract.manifest import load_manifest
+    from bird_infer.run.engine import predict_files
+    from bird_infer.run.outcomes import FileFailure
+
+    bundle = tmp_path / "models"
+    shutil.copytree(MODELS, bundle)
+    manifest = load_manifest(bundle)  # checked here, in the parent
+    wav = tone(tmp_path / "a.wav")
+    fold = bundle / manifest.members[0].folds[0].file
+    fold.write_bytes(fold.read_bytes() + b"\0")  # replaced before any worker loads it
+    (out,) = predict_files([wav], manifest, RunOptions(workers=1))
+    assert isinstance(out, FileFailure) and "replaced since the run began" in out.reason
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def dask_cluster(tmp_path):
+    """A scheduler and one single-threaded worker, as separate processes; the worker runs in a folder of its own
+    (holding other recordings under the user's relative names). Yields (address, scheduler process)."""
+    pytest.importorskip("distributed")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    worker_home = tmp_path / "worker_home"
+    for k in range(3):
+        tone(worker_home / "rel" / f"f{k}.wav", freq=900.0)  # the same names, other sounds
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+         "--dashboard-address", ":0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
+    )  # fmt: skip
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--nworkers", "1",
+         "--no-dashboard"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=worker_home, env=env,
+    )  # fmt: skip
+    try:
+        distributed = pytest.importorskip("distributed")
+        with distributed.Client(address, timeout=60) as c:
+            c.wait_for_workers(1, timeout=60)
+        yield address, scheduler
+    finally:
+        for p in (worker, scheduler):
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+            p.wait()
+
+
+def _cli(*args: str, cwd: Path = ROOT, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bird_infer", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
+def test_dask_workers_read_the_users_files_not_their_own(tmp_path, dask_cluster):
+    address, _ = dask_cluster
+    user = tmp_path / "user"
+    for k in range(3):
+        tone(user / "rel" / f"f{k}.wav", freq=2000.0 + 700 * k)
+    for engine in ("pool", "dask"):
+        extra = ["--engine", "dask", "--scheduler", address] if engine == "dask" else []
+        r = _cli("predict", "--audio", "rel", "--out", str(tmp_path / f"{engine}.csv"), *extra, cwd=user)
+        assert r.returncode == 0, r.stderr
+    pool, dask = pd.read_csv(tmp_path / "pool.csv"), pd.read_csv(tmp_path / "dask.csv")
+    assert list(pool.row_id) == list(dask.row_id)
+    assert np.abs(pool.iloc[:, 1:].to_numpy() - dask.iloc[:, 1:].to_numpy()).max() < 1e-5
+
+
+def test_a_scheduler_killed_mid_run_keeps_what_finished(tmp_path, dask_cluster):
+    address, scheduler = dask_cluster
+    audio = tmp_path / "audio"
+    for k in range(10):
+        tone(audio / f"f{k:02d}.wav", seconds=60.0, freq=1000.0 + 300 * k)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "bird_infer", "detect", "--audio", str(audio), "--out", str(out)]
+    proc = subprocess.Popen(
+        [*cmd, "--engine", "dask", "--scheduler", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    done_log = out / "bird_infer_done.jsonl"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 180 and proc.poll() is None:
+        if done_log.is_file() and done_log.read_text(encoding="utf-8").count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    os.killpg(scheduler.pid, 9)
+    killed_at = time.monotonic()
+    _stdout, stderr = proc.communicate(timeout=120)
+    assert time.monotonic() - killed_at < 90
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    done = done_log.read_text(encoding="utf-8").count("\n")
+    rep = pd.read_csv(out / "bird_infer_errors.csv")
+    assert 1 <= done < 10 and len(rep) == 10 - done
+    assert rep.reason.str.contains("scheduler was lost").all()
+
+
+@pytest.mark.parametrize("kind", ["http", "closed", "malformed", "no_engine"])
+def test_bad_scheduler_addresses_are_one_error_line(tmp_path, kind):
+    pytest.importorskip("distributed")
+    audio = tone(tmp_path / "a.wav")
+    server = None
+    if kind == "http":
+        port = _free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+        )  # fmt: skip
+        time.sleep(1.0)
+        address = f"tcp://127.0.0.1:{port}"
+    elif kind == "closed":
+        address = f"tcp://127.0.0.1:{_free_port()}"
+    else:
+        address = "not an address"
+    engine = [] if kind == "no_engine" else ["--engine", "dask"]
+    t0 = time.monotonic()
+    try:
+        r = _cli("predict", "--audio", str(audio), "--out", str(tmp_path / "s.csv"), *engine, "--scheduler", address)
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+    assert time.monotonic() - t0 < 120
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("bird-infer: error:")

@@ -169,6 +169,8 @@ def add_run_arguments(p: argparse.ArgumentParser, defaults: dict[str, object] | 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
     """RunOptions from the run arguments (native thread counts set for the workers to come)."""
+    if args.scheduler and args.engine != "dask":
+        raise BirdInferError("--scheduler needs --engine dask (without it the files would run here, not there)")
     limit_native_threads(args.threads_per_worker)
     return RunOptions(
         workers=args.workers,

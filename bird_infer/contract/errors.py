@@ -93,3 +93,7 @@ class AddMemberError(InvalidFieldError):
 
 class AnalyzeOptionError(BirdInferError):
     """A ``bird-infer analyze`` or ``species`` option that BirdNET-Analyzer 2.4.0 refuses too (its message kept)."""
+
+
+class DaskSchedulerError(BirdInferError):
+    """``--engine dask``: no Dask scheduler answers at the address given, or it is not one."""

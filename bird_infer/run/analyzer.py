@@ -27,11 +27,13 @@ from bird_infer.audio.birdnet_signal import (
     split_signal,
 )
 from bird_infer.contract.analyze import AnalyzeSettings, FileAnalysis
+from bird_infer.contract.birdnet import MODEL_FILE, V2_4_SHA256
 from bird_infer.contract.bundle import Manifest
 from bird_infer.run.options import RunOptions
 from bird_infer.run.outcomes import FileResult, StageTimes
 from bird_infer.runtime.birdnet_analyzer import SegmentClassifier, bias_sigmoid
 from bird_infer.runtime.machine import peak_memory_mb
+from bird_infer.runtime.sessions import checked_bytes
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ class AnalyzerPredictor:
     def __init__(self, factory: AnalyzerFactory) -> None:
         self.s = factory.settings
         self.labels = factory.labels
-        self.model = SegmentClassifier(factory.model_path, factory.threads, factory.runtime)
+        model = checked_bytes(factory.model_path, V2_4_SHA256[MODEL_FILE], "BirdNET V2.4")  # checked in this process
+        self.model = SegmentClassifier(model, factory.threads, factory.runtime)
         self.allowed = (
             None if factory.species is None else np.array([x in factory.species for x in factory.labels], dtype=bool)
         )

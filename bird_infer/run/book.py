@@ -115,10 +115,10 @@ class TaskBook:
             return self.suspects.popleft()
         return self.queue.popleft() if self.queue else None
 
-    def stop_unfinished(self, in_flight: Sequence[int]) -> None:
+    def stop_unfinished(self, in_flight: Sequence[int], reason: str = TIME_LIMIT) -> None:
         for i in [*in_flight, *self.suspects, *self.queue]:
             if i not in self.outcomes:
-                self.finish(i, FileFailure(self.paths[i], TIME_LIMIT))
+                self.finish(i, FileFailure(self.paths[i], reason))
         self.suspects.clear()
         self.queue.clear()
 

@@ -12,13 +12,18 @@ import time
 from pathlib import Path
 
 from bird_infer.contract.bundle import Manifest
+from bird_infer.contract.text import describe_exception
 from bird_infer.run.heartbeat import Heartbeats, WorkerBeat
 from bird_infer.run.options import RunOptions
+from bird_infer.run.outcomes import FileFailure
 from bird_infer.run.predictor import FilePredictor, make_predictor, run_segment
 
 # One predictor per worker process, built by the pool initializer and only read afterwards.
 _WORKER_PREDICTOR: FilePredictor | None = None
 _WORKER_BEAT: WorkerBeat | None = None
+_WORKER_ERROR: str | None = None
+"""Why this worker could not build its predictor (a model file changed since the run began, memory): every task
+it gets fails with this reason, instead of the pool breaking with none."""
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -54,10 +59,14 @@ def init_worker(
 ) -> None:
     """Pool initializer: tie this worker's life to its parent's, then build its sessions once; with ``beats``,
     beat after every decoded block."""
-    global _WORKER_PREDICTOR, _WORKER_BEAT
+    global _WORKER_PREDICTOR, _WORKER_BEAT, _WORKER_ERROR
     if parent_pid is not None:
         die_with_parent(parent_pid)
-    _WORKER_PREDICTOR = make_predictor(manifest, options)
+    try:
+        _WORKER_PREDICTOR = make_predictor(manifest, options)
+    except Exception as e:  # reported with each task (see _WORKER_ERROR)
+        _WORKER_ERROR = f"the worker could not load the models: {describe_exception(e)}"
+        return
     if beats is not None:
         _WORKER_BEAT = WorkerBeat(beats)
         _WORKER_PREDICTOR.on_block = _WORKER_BEAT.block
@@ -66,6 +75,8 @@ def init_worker(
 def predict_in_worker(path: Path, n_folds: int | None, start: int = 0, end: int | None = None, task: int = -1):
     """The pool task: one file, or a segment of one, with this worker's predictor (``task``: its index, for the
     heartbeat)."""
+    if _WORKER_ERROR is not None:
+        return FileFailure(path, _WORKER_ERROR)
     if _WORKER_PREDICTOR is None:  # pragma: no cover - the initializer always runs first
         raise RuntimeError("worker used before its initializer ran")
     if _WORKER_BEAT is not None:

@@ -24,14 +24,17 @@ from bird_infer.runtime.birdnet_analyzer import bias_sigmoid
 class BirdnetRunner:
     """One process's TFLite interpreter: (n, row samples at 48 kHz) -> (n, member labels) probabilities."""
 
-    def __init__(self, model_path: Path, spec: BirdnetSpec, row_s: float, threads: int = 1) -> None:
+    def __init__(self, model: Path | bytes, spec: BirdnetSpec, row_s: float, threads: int = 1) -> None:
         try:  # the birdnet extra, imported only by a process that runs a birdnet member
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as e:
             raise BirdnetMissingError(
                 f"the birdnet member runs on ai-edge-litert: pip install 'bird_infer[birdnet]' ({e})"
             ) from e
-        self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+        if isinstance(model, bytes):  # the checked bytes (bird_infer.runtime.sessions.checked_bytes)
+            self.interpreter = Interpreter(model_content=model, num_threads=threads)
+        else:
+            self.interpreter = Interpreter(model_path=str(model), num_threads=threads)
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.output = self.interpreter.get_output_details()[0]["index"]
         self.window = round(spec.window_s * SAMPLE_RATE)

@@ -50,26 +50,27 @@ def bias_sigmoid(logits: np.ndarray, sensitivity: float) -> np.ndarray:
     return 1 / (1.0 + np.exp(-1 * np.clip(logits + shift, -20, 20)))
 
 
-def interpreter(model_path: Path, threads: int = 1, runtime: str = "litert"):
-    """A TFLite interpreter from ``runtime`` (one of :data:`TFLITE_RUNTIMES`)."""
+def interpreter(model: Path | bytes, threads: int = 1, runtime: str = "litert"):
+    """A TFLite interpreter from ``runtime`` (one of :data:`TFLITE_RUNTIMES`) for a model file or its bytes."""
+    source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
     if runtime == "tensorflow":
         tflite = import_extra("tensorflow", "--tflite-runtime tensorflow").lite  # as BirdNET-Analyzer imports it
         resolver = tflite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        return tflite.Interpreter(str(model_path), num_threads=threads, experimental_op_resolver_type=resolver)
+        return tflite.Interpreter(**source, num_threads=threads, experimental_op_resolver_type=resolver)
     if runtime not in TFLITE_RUNTIMES:
         raise ValueError(f"unknown TFLite runtime {runtime!r}: one of {', '.join(TFLITE_RUNTIMES)}")
     litert = import_extra("ai_edge_litert.interpreter", "BirdNET")
     kind = litert.OpResolverType
     resolver = kind.BUILTIN if runtime == "litert-xnnpack" else kind.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    return litert.Interpreter(model_path=str(model_path), num_threads=threads, experimental_op_resolver_type=resolver)
+    return litert.Interpreter(**source, num_threads=threads, experimental_op_resolver_type=resolver)
 
 
 class SegmentClassifier:
     """BirdNET's classifier: a batch of 3-s segments at 48 kHz -> (n, 6522) logits, resized per batch as
     BirdNET-Analyzer does."""
 
-    def __init__(self, model_path: Path, threads: int = 1, runtime: str = "litert") -> None:
-        self.interpreter = interpreter(model_path, threads, runtime)
+    def __init__(self, model: Path | bytes, threads: int = 1, runtime: str = "litert") -> None:
+        self.interpreter = interpreter(model, threads, runtime)
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.output = self.interpreter.get_output_details()[0]["index"]
 

@@ -17,7 +17,7 @@ from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import NonFiniteOutputError, PrecisionRefusedError
 from bird_infer.contract.schema import PROB_MAX, FrontendConfig, Member, fold_file
 from bird_infer.runtime.birdnet import BirdnetRunner
-from bird_infer.runtime.sessions import SessionSettings, make_openvino_runner, ort_runner
+from bird_infer.runtime.sessions import SessionSettings, checked_bytes, make_openvino_runner, ort_runner
 
 
 def combine_folds(fold_probs: np.ndarray, rule: str, skip_nan: bool = False) -> np.ndarray:
@@ -77,7 +77,8 @@ class MemberModel:
         self.index = None if member.output_index is None else np.asarray(member.output_index)
         if member.birdnet is not None:  # BirdNET's TFLite model, whatever the backend (bird_infer.runtime.birdnet)
             fold = member.folds[0]
-            runner = BirdnetRunner(fold_file(root, fold), member.birdnet, member.audio.clip_s, st.intra_op_threads)
+            model = checked_bytes(fold_file(root, fold), fold.sha256, f"fold {fold.name}")
+            runner = BirdnetRunner(model, member.birdnet, member.audio.clip_s, st.intra_op_threads)
             self._inputs = [fold.input.name]
             self.sessions = [lambda name_in, x: [runner(name_in, x)]]
             return
@@ -87,6 +88,13 @@ class MemberModel:
         self._inputs = [f.input.name for f in member.folds]
         paths = [str(fold_file(root, f)) for f in member.folds]
         if st.backend == "openvino":
+            for f, p in zip(member.folds, paths, strict=True):  # checked here, in the process that loads them
+                if st.precision == "int8":
+                    q = f.int8
+                    checked_bytes(root / q.file, q.sha256, f"fold {f.name} (int8)")  # type: ignore[union-attr]
+                    checked_bytes(root / q.weights, q.weights_sha256, f"fold {f.name} (int8)")  # type: ignore[union-attr]
+                else:
+                    checked_bytes(p, f.sha256, f"fold {f.name}")
             if st.precision == "int8":
                 paths = [str(root / f.int8.file) for f in member.folds]  # type: ignore[union-attr]
             shape = (st.batch_size, *member.input_shape) if st.static_shape else None
@@ -95,7 +103,8 @@ class MemberModel:
                 for p, o, i in zip(paths, outputs, self._inputs, strict=True)
             ]
         else:
-            self.sessions = [ort_runner(p, o, st.intra_op_threads) for p, o in zip(paths, outputs, strict=True)]
+            models = [checked_bytes(p, f.sha256, f"fold {f.name}") for p, f in zip(paths, member.folds, strict=True)]
+            self.sessions = [ort_runner(m, o, st.intra_op_threads) for m, o in zip(models, outputs, strict=True)]
 
     @property
     def n_folds(self) -> int:
