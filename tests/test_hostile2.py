@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -357,3 +358,81 @@ def test_bad_scheduler_addresses_are_one_error_line(tmp_path, kind):
     assert time.monotonic() - t0 < 120
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("bird-infer: error:")
+
+
+# --- class 2 (audio a header hides) and class 8 (a header cannot cost memory) ------------------------------------
+
+
+def _cut_header(path: Path, data_size: int | None, riff_size: int | None = None) -> Path:
+    b = bytearray(path.read_bytes())
+    i = b.find(b"data")
+    if data_size is not None:
+        b[i + 4 : i + 8] = struct.pack("<I", data_size)
+    if riff_size is not None:
+        b[4:8] = struct.pack("<I", riff_size)
+    path.write_bytes(bytes(b))
+    return path
+
+
+def _flac_claim(path: Path, frames: int) -> Path:
+    b = bytearray(path.read_bytes())
+    b[21] = (b[21] & 0xF0) | ((frames >> 32) & 0x0F)
+    b[22:26] = (frames & 0xFFFFFFFF).to_bytes(4, "big")
+    path.write_bytes(bytes(b))
+    return path
+
+
+def test_audio_a_header_hides_is_predicted_and_noted(tmp_path):
+    audio = tmp_path / "audio"
+    t = np.arange(12 * SR) / SR
+    x = (0.3 * np.sin(2 * np.pi * 2500 * t)).astype(np.float32)
+    audio.mkdir()
+    for name, sub in (("w16", "PCM_16"), ("w24", "PCM_24"), ("wf", "FLOAT")):
+        sf.write(audio / f"{name}_zero.wav", x, SR, subtype=sub)
+        _cut_header(audio / f"{name}_zero.wav", 0)  # a recorder that lost power: sizes never written
+        sf.write(audio / f"{name}_1s.wav", x, SR, subtype=sub)
+        _cut_header(audio / f"{name}_1s.wav", SR * {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}[sub], riff_size=0)
+    sf.write(audio / "claims1s.flac", x, SR)
+    _flac_claim(audio / "claims1s.flac", SR)
+    sf.write(tmp_path / "a.ogg", x[: 5 * SR], SR)
+    sf.write(tmp_path / "b.ogg", x[5 * SR :], SR)
+    (audio / "chained.ogg").write_bytes((tmp_path / "a.ogg").read_bytes() + (tmp_path / "b.ogg").read_bytes())
+    sf.write(audio / "honest.wav", x, SR)
+    sf.write(audio / "list_after.wav", x, SR)
+    with open(audio / "list_after.wav", "ab") as f:  # a real chunk after the data: nothing hidden, no note
+        f.write(b"LIST" + struct.pack("<I", 4) + b"INFO")
+    out = tmp_path / "sub.csv"
+    run_predict(audio, MODELS, out, options=IN_PROCESS)
+    sub = pd.read_csv(out)
+    counts = sub.row_id.str.rsplit("_", n=1).str[0].value_counts()
+    assert (counts == 3).all() and len(counts) == 10  # 12 s: 3 rows each, hidden audio included
+    rep = report(out).set_index(report(out).file.map(lambda f: Path(f).name))
+    noted = sorted(rep.index)
+    assert noted == sorted(p.name for p in audio.iterdir() if p.name not in ("honest.wav", "list_after.wav"))
+    assert (rep.outcome == "header_ignored").all()
+    honest = sub[sub.row_id.str.startswith("honest_")].iloc[:, 1:].to_numpy()
+    for name in ("w16_zero", "w24_1s", "wf_1s", "claims1s"):  # (the Ogg halves are lossy: not compared)
+        rows = sub[sub.row_id.str.startswith(f"{name}_")].iloc[:, 1:].to_numpy()
+        assert np.abs(rows - honest).max() < 0.02, name  # the same sound, read in full
+
+
+def test_a_header_claiming_1024_channels_at_1536_khz_costs_bounded_memory(tmp_path):
+    from bird_infer.contract.manifest import load_manifest
+    from bird_infer.run.engine import predict_files
+    from bird_infer.run.outcomes import FileResult
+
+    channels, rate = 1024, 1_536_000
+    n_frames = rate  # 1 s claimed: a 1-s read of every channel as float32 would allocate 6.3 GB
+    path = tmp_path / "bomb.wav"
+    block_align = 2 * channels
+    data = n_frames * block_align
+    header = b"RIFF" + struct.pack("<I", 36 + data) + b"WAVE"
+    header += b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * block_align, block_align, 16)
+    header += b"data" + struct.pack("<I", data)
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(len(header) + 32 * 1024)  # 32 KB present: the rest is a claim
+    (out,) = predict_files([path], load_manifest(MODELS), RunOptions(workers=1))
+    peak = out.peak_mb if isinstance(out, FileResult) else 0.0
+    assert isinstance(out, FileResult)  # predicted (what is present), not a crash
+    assert peak < 3000, f"worker peak {peak:.0f} MiB"

@@ -30,6 +30,7 @@ import soundfile as sf
 import soxr
 
 from bird_infer.audio.files import entry_problem
+from bird_infer.audio.recovery import Slice, flac_unbounded, ogg_links, wav_continuation
 from bird_infer.contract.errors import AudioDecodeError
 from bird_infer.contract.schema import RESAMPLERS, AudioConfig
 
@@ -40,6 +41,9 @@ MAX_SAMPLE_RATE = 1_536_000
 MAX_FILE_S = 24 * 3600.0
 """Longest length a file is given rows for (seconds): 17 280 rows at 5 s. Caps lying headers."""
 READ_S = 1.0
+MAX_READ_BYTES = 16 * 2**20
+"""A read is at most this many bytes of float32 samples, whatever the header says (1024 channels at 1.5 MHz would
+make a 1-s read 6 GB): a worker's memory stays bounded by the bytes it reads, not by the header's claims."""
 """Seconds of input per libsndfile call: a decode error mid-file loses at most this much audio."""
 
 
@@ -52,6 +56,8 @@ class AudioInfo:
     header_frames: int
     """Frames the header claims (FLAC's "length unknown" reads as 2**63 - 1)."""
     channels: int
+    note: str | None = None
+    """Audio the header hid and that is read anyway (:mod:`bird_infer.audio.recovery`)."""
 
     @property
     def frames(self) -> int | None:
@@ -115,9 +121,82 @@ def _open(path: Path):
     return fh
 
 
+class _Chain:
+    """The links of a chained Ogg file read one after another, as one file (:func:`recovery.ogg_links`)."""
+
+    def __init__(self, fh, links: list[tuple[int, int]]) -> None:
+        self.files = [_ReadOnlySoundFile(Slice(fh, a, n)) for a, n in links]
+        first = self.files[0]
+        self.samplerate, self.channels = first.samplerate, first.channels
+        if any((f.samplerate, f.channels) != (self.samplerate, self.channels) for f in self.files):
+            self.close()
+            raise AudioDecodeError("a chained Ogg file whose links differ in sample rate or channels")
+        self.frames = sum(int(f.frames) for f in self.files)
+        self.k = 0
+
+    def read(self, frames: int, dtype: str, always_2d: bool) -> np.ndarray:
+        while self.k < len(self.files):
+            data = self.files[self.k].read(frames, dtype=dtype, always_2d=always_2d)
+            if data.shape[0]:
+                return data
+            self.k += 1
+        return np.zeros((0, self.channels), np.float32)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __enter__(self) -> _Chain:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _recovered(fh, path: Path):
+    """A reader over audio the header hides, and the note that says so; (None, None) when nothing is hidden."""
+    cont = wav_continuation(fh)
+    if cont is not None:
+        f = _ReadOnlySoundFile(
+            Slice(fh, cont.data_offset, cont.data_bytes),
+            samplerate=cont.sample_rate,
+            channels=cont.channels,
+            subtype=cont.subtype,
+            endian=cont.endian,
+            format="RAW",
+        )
+        rate = cont.sample_rate
+        return f, (
+            f"the WAV header claims {cont.claimed_frames / rate:.1f} s but the file holds {cont.frames / rate:.1f} s "
+            "(a recording cut off before its header was written): all of it read"
+        )
+    links = ogg_links(fh)
+    if len(links) > 1:
+        return _Chain(fh, links), f"a chained Ogg file of {len(links)} links: every link read"
+    return None, None
+
+
+def _flac(fh, path: Path):
+    """A FLAC file read to its end whatever STREAMINFO claims, and the claim (frames); (None, 0) otherwise."""
+    view = flac_unbounded(fh)
+    if view is None:
+        return None, 0
+    return _ReadOnlySoundFile(view[0]), view[1]
+
+
 def _info_from(fh, path: Path) -> tuple[sf.SoundFile, AudioInfo]:
     wav_frames = _wav_claimed_frames(fh)  # before libsndfile reads through the same file object
     try:
+        f, note = _recovered(fh, path)
+        if f is not None:
+            info = AudioInfo(path, int(f.samplerate), int(f.frames), int(f.channels), note)
+            if not MIN_SAMPLE_RATE <= info.sample_rate <= MAX_SAMPLE_RATE:
+                f.close()
+                raise AudioDecodeError(f"{path.name}: header gives {info.sample_rate} Hz; not believed")
+            return f, info
+        f, flac_claim = _flac(fh, path)
+        if f is not None:
+            return f, AudioInfo(path, int(f.samplerate), flac_claim, int(f.channels))
         f = _ReadOnlySoundFile(fh)
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
         reason = getattr(e, "error_string", None) or str(e)  # libsndfile's words, without the file object's repr
@@ -250,6 +329,7 @@ class RowReader:
             f, info = _info_from(fh, self.path)
             with f:
                 self.info = info
+                self.note = info.note
                 self.claimed = claimed_chunks(info, self.row_s)
                 yield from self._blocks(f, info)
 
@@ -258,7 +338,7 @@ class RowReader:
         streams = {
             (s.sample_rate, s.resampler): _Stream(sr_in, s.sample_rate, s.resampler, self.row_s) for s in self.specs
         }
-        read_frames = max(1, round(READ_S * sr_in))
+        read_frames = max(1, min(round(READ_S * sr_in), MAX_READ_BYTES // (4 * info.channels)))
         limit_in = math.ceil(MAX_FILE_S * sr_in)
         row_in = self.row_s * sr_in
         next_row = 0
@@ -304,10 +384,15 @@ class RowReader:
                     stream.trim(min(starts))
         if self.error is None and read_in >= limit_in:
             self.error = f"the file continues past the {MAX_FILE_S / 3600:g}-hour cap: the rest is not read"
-        if self.error is None and info.frames is None and info.header_frames < 2**62:
+        if self.error is None and info.frames is None and info.header_frames < 2**62 and info.note is None:
             self.note = (
                 f"the header claims {info.header_frames / sr_in:.0f} s, beyond the {MAX_FILE_S / 3600:g}-hour "
                 f"cap: not believed; {read_in / sr_in:.1f} s decoded and predicted"
+            )
+        if self.note is None and info.frames is not None and read_in > info.frames + sr_in:
+            self.note = (
+                f"the header claims {info.frames / sr_in:.1f} s but the file holds {read_in / sr_in:.1f} s: "
+                "all of it read"
             )
         if self.error is None and info.frames is not None and self.decoded < self.claimed:
             self.error = f"the header claims {info.frames / sr_in:.1f} s but only {read_in / sr_in:.1f} s decodes"
