@@ -2,6 +2,6 @@
 
 import sys
 
-from bird_infer.cli import main
+from bird_infer.launch import main
 
 sys.exit(main())

@@ -436,3 +436,72 @@ def test_a_header_claiming_1024_channels_at_1536_khz_costs_bounded_memory(tmp_pa
     peak = out.peak_mb if isinstance(out, FileResult) else 0.0
     assert isinstance(out, FileResult)  # predicted (what is present), not a crash
     assert peak < 3000, f"worker peak {peak:.0f} MiB"
+
+
+# --- classes 11, 12 and 13: a closed stdout, file modes, the machine's limits ------------------------------------
+
+
+def test_a_closed_or_full_stdout_does_not_fail_a_complete_run(tmp_path):
+    wav = tone(tmp_path / "a.wav")
+    cmd = [sys.executable, "-m", "bird_infer", "predict", "--audio", str(wav)]
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(
+            [*cmd, "--out", str(tmp_path / "full.csv")], stdout=full, stderr=subprocess.PIPE, timeout=300
+        )
+    assert r.returncode == 0 and b"Traceback" not in r.stderr and (tmp_path / "full.csv").is_file()
+    p = subprocess.Popen([*cmd, "--out", str(tmp_path / "pipe.csv")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = p.stdout.readline()  # `2>&1 | head -1`: one line read, then the pipe closed
+    p.stdout.close()
+    assert first and p.wait(timeout=300) == 0 and (tmp_path / "pipe.csv").is_file()
+
+
+def test_outputs_get_the_umask_or_the_mode_they_replace(tmp_path):
+    from bird_infer.outputs.atomic import write_text
+
+    old = os.umask(0o022)
+    try:
+        assert oct(os.stat(write_text(tmp_path / "new.csv", "x\n")).st_mode & 0o777) == oct(0o644)
+        kept = tmp_path / "kept.csv"
+        kept.write_text("old\n")
+        kept.chmod(0o640)
+        write_text(kept, "new\n")
+        assert oct(kept.stat().st_mode & 0o777) == oct(0o640)
+        os.umask(0o077)
+        assert oct(os.stat(write_text(tmp_path / "private.csv", "x\n")).st_mode & 0o777) == oct(0o600)
+    finally:
+        os.umask(old)
+
+
+def test_the_machines_limits_are_named_not_blamed_on_the_input(tmp_path, monkeypatch):
+    import resource
+
+    import onnx
+
+    from bird_infer.contract.errors import OutOfResourcesError
+    from bird_infer.contract.manifest import load_manifest
+
+    wav = tone(tmp_path / "a.wav")
+
+    def few_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+
+    r = subprocess.run(
+        [sys.executable, "-m", "bird_infer", "predict", "--audio", str(wav), "--out", str(tmp_path / "s.csv")],
+        capture_output=True, text=True, timeout=300, preexec_fn=few_files,
+    )  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "too many open files" in r.stderr and "ulimit -n" in r.stderr
+
+    def no_memory(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(onnx, "load", no_memory)  # what ulimit -v does to the check of a good fold
+    with pytest.raises(OutOfResourcesError, match="the file is fine"):
+        load_manifest(MODELS)
+    code = "import builtins, sys\nreal = builtins.__import__\n"
+    code += (
+        "def imp(name, *a, **k):\n    if name == 'bird_infer.cli': raise MemoryError\n    return real(name, *a, **k)\n"
+    )
+    code += "builtins.__import__ = imp\nfrom bird_infer.launch import main\nsys.exit(main())\n"
+    r = subprocess.run([sys.executable, "-c", code, "predict"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.startswith("bird-infer: error: out of memory")

@@ -5,7 +5,9 @@ of :mod:`bird_infer.cli.args`; each command is one handler in :mod:`bird_infer.c
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -252,8 +254,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Tolerant:
+    """stdout or stderr that a closed pipe (``| head -1``) or a full device (``> /dev/full``) cannot fail: the run's
+    outputs are on disk by the time it prints, so a failed print must not turn it into a traceback. On the first
+    failure the stream is pointed at /dev/null and the run goes on."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def _silence(self) -> None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            self._silence()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            self._silence()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     restore_interrupts()
+    sys.stdout, sys.stderr = _Tolerant(sys.stdout), _Tolerant(sys.stderr)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s")
     try:
@@ -261,6 +297,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except (BirdInferError, FileNotFoundError) as e:
         print(f"bird-infer: error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("bird-infer: error: out of memory (free memory, or raise ulimit -v)", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        print(f"bird-infer: error: too many open files ({e.strerror}): raise the limit (ulimit -n)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bird-infer: interrupted", file=sys.stderr)

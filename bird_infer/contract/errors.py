@@ -97,3 +97,7 @@ class AnalyzeOptionError(BirdInferError):
 
 class DaskSchedulerError(BirdInferError):
     """``--engine dask``: no Dask scheduler answers at the address given, or it is not one."""
+
+
+class OutOfResourcesError(BirdInferError):
+    """The machine's limits, not the input: memory (``ulimit -v``) or open files (``ulimit -n``) ran out."""

@@ -18,9 +18,11 @@ from bird_infer.contract.errors import (
     LabelCountMismatchError,
     ModelFileMissingError,
     ModelShapeError,
+    OutOfResourcesError,
 )
 from bird_infer.contract.postprocess import Prior
 from bird_infer.contract.schema import FoldSpec, Member
+from bird_infer.contract.text import describe_exception
 
 
 def sha256_file(path: Path, block_bytes: int = 1 << 20) -> str:
@@ -43,8 +45,13 @@ def _check_model_file(m: Manifest, member: Member, fold: FoldSpec) -> None:
     path = m.fold_path(fold)
     try:
         model = onnx.load(str(path), load_external_data=False)
+    except MemoryError as e:  # the machine, not the file (ulimit -v, a full memory): say so
+        raise OutOfResourcesError(
+            f"out of memory while reading fold {fold.name} ({path.name}, {path.stat().st_size / 2**20:.0f} MiB): "
+            "the file is fine; free memory or raise the limit (ulimit -v)"
+        ) from e
     except Exception as e:  # onnx raises DecodeError and others: any failure means an unusable file
-        raise ModelShapeError(f"fold {fold.name}: {path} is not a readable ONNX model ({e})") from e
+        raise ModelShapeError(f"fold {fold.name}: {path} is not a readable ONNX model ({describe_exception(e)})") from e
     graph_inputs = {i.name: onnx_dims(i) for i in model.graph.input}
     graph_outputs = {o.name: onnx_dims(o) for o in model.graph.output}
     if fold.input.name not in graph_inputs:

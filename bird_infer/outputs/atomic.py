@@ -5,6 +5,7 @@ behind. Every output of bird_infer is written through :func:`write_atomic`."""
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -12,15 +13,29 @@ from pathlib import Path
 import pandas as pd
 
 
+def _mode_for(path: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would leave: the file's own when it exists (a 0644 submission stays
+    0644), else 0666 less the umask (``mkstemp`` alone would make every output 0600)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """``write(tmp_path)`` then rename onto ``path`` (its folder created); returns ``path``."""
+    """``write(tmp_path)`` then rename onto ``path`` (its folder created); returns ``path``. The file gets the mode
+    of the one it replaces, or the umask's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _mode_for(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, mode)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
