@@ -505,3 +505,88 @@ def test_the_machines_limits_are_named_not_blamed_on_the_input(tmp_path, monkeyp
     code += "builtins.__import__ = imp\nfrom bird_infer.launch import main\nsys.exit(main())\n"
     r = subprocess.run([sys.executable, "-c", code, "predict"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.startswith("bird-infer: error: out of memory")
+
+
+# --- classes 3 and 4: names and labels that collide with the tool's own, control characters, formulas ----------
+
+
+def _bundle_with_labels(tmp_path: Path, new: dict[int, str], names: dict | None = None) -> Path:
+    """The shipped folds under other labels (their files linked, not copied)."""
+    from bird_infer.contract.manifest import load_manifest
+    from bird_infer.contract.schema import MANIFEST_NAME
+
+    data = load_manifest(MODELS, verify=False).to_dict()
+    labels = list(data["labels"])
+    for k, label in new.items():
+        labels[k] = label
+    data["labels"] = labels
+    data["members"][0]["labels"] = labels
+    data["names"] = names or {}
+    bundle = tmp_path / "bundle"
+    bundle.mkdir(parents=True)
+    for f in MODELS.glob("*.onnx"):
+        (bundle / f.name).symlink_to(f)
+    (bundle / MANIFEST_NAME).write_text(json.dumps(data), encoding="utf-8")
+    return bundle
+
+
+def test_tool_names_and_inputs_never_overwrite_each_other(tmp_path):
+    from bird_infer.contract.errors import OutputError
+
+    audio = tmp_path / "audio"
+    tone(audio / "combined.wav", freq=3000.0)
+    tone(audio / "x.wav")
+    out = tmp_path / "out"
+    settings = DetectSettings(rtypes=("table", "csv"), combine=True, min_conf=0.01)
+    run_detect(audio, MODELS, out, settings, IN_PROCESS)
+    own = pd.read_csv(out / "combined~2.results.csv")
+    combined = pd.read_csv(out / "combined.results.csv")
+    assert len(combined) == len(own) + len(pd.read_csv(out / "x.results.csv")) and len(own) > 0
+    run_detect(audio, MODELS, out, settings, IN_PROCESS, resume=True)
+    assert pd.read_csv(out / "combined.results.csv").equals(combined)  # no file listed twice
+    bundle = _bundle_with_labels(tmp_path, {0: "nocall", 1: "start_s"})
+    with pytest.raises(OutputError, match="Parquet time columns"):
+        run_detect(audio, bundle, tmp_path / "p", DetectSettings(rtypes=("probs",)), IN_PROCESS)
+    s = run_detect(audio, bundle, tmp_path / "n", settings, IN_PROCESS)
+    files = [tmp_path / "n" / "x.results.csv", tmp_path / "n" / "combined~2.results.csv"]
+    per_file = sum(int((pd.read_csv(p)["Common name"] == "nocall").sum()) for p in files)
+    combined_n = int((pd.read_csv(tmp_path / "n" / "combined.results.csv")["Common name"] == "nocall").sum())
+    assert s.n_failed == 0 and per_file > 0 and combined_n == per_file
+
+
+CONTROL = ["tab\there", "line\nbreak", "vt\x0bhere", "ls\u2028here", "nel\x85x", "fs\x1cx", "nul\x00x"]
+
+
+@pytest.mark.parametrize("bad", CONTROL)
+def test_control_characters_in_labels_and_names_are_refused(tmp_path, bad):
+    from bird_infer.contract.errors import InvalidFieldError
+    from bird_infer.contract.manifest import load_manifest
+
+    with pytest.raises(InvalidFieldError, match=r"control characters \(U\+"):
+        load_manifest(_bundle_with_labels(tmp_path / "a", {0: bad}), verify=False)
+    labels = load_manifest(MODELS, verify=False).labels
+    names = {labels[0]: {"scientific": "Turdus migratorius", "common": bad}}
+    with pytest.raises(InvalidFieldError, match="without control characters"):
+        load_manifest(_bundle_with_labels(tmp_path / "b", {}, names), verify=False)
+
+
+def test_cells_a_spreadsheet_would_run_are_neutralised(tmp_path):
+    audio = tmp_path / "audio"
+    tone(audio / "=cmd" / "-2+3.wav")
+    (audio / "@bad.wav").write_bytes(b"not audio")
+    bundle = _bundle_with_labels(tmp_path, {0: "=HYPERLINK(1)", 1: "@SUM(1)"})
+    out = tmp_path / "out"
+    settings = DetectSettings(rtypes=("table", "csv", "kaleidoscope"), combine=True, min_conf=0.0001)
+    run_detect(audio, bundle, out, settings, IN_PROCESS)
+    tables = [*(out / "=cmd").glob("*.csv"), out / "combined.results.csv", out / "combined.results.kaleidoscope.csv"]
+    for table in tables:
+        for line in table.read_text(encoding="utf-8").splitlines()[1:]:
+            for cell in line.split(","):
+                assert not cell.startswith(("=", "+", "@")), (table.name, cell)
+                assert not cell.startswith("-") or cell[1:2].isdigit(), (table.name, cell)
+    csv_text = (out / "=cmd" / "-2+3.results.csv").read_text(encoding="utf-8")
+    assert "'=HYPERLINK(1)" in csv_text and "'@SUM(1)" in csv_text
+    raven = (out / "=cmd" / "-2+3.selection.table.txt").read_text(encoding="utf-8")
+    assert "\t=HYPERLINK(1)\t" in raven  # Raven's tab-separated table keeps the label as it is
+    report_rows = pd.read_csv(out / "bird_infer_errors.csv").file
+    assert len(report_rows) == 1 and not report_rows[0].startswith("@")

@@ -28,6 +28,7 @@ from bird_infer.contract.parse import check_labels
 from bird_infer.contract.parse_member import parse_member, resolve_heads
 from bird_infer.contract.parse_post import parse_blend, parse_label_groups, parse_postprocess
 from bird_infer.contract.schema import MANIFEST_NAME, SpeciesName
+from bird_infer.contract.text import control_chars
 
 SUPPORTED_SCHEMAS = (1, 2)
 
@@ -71,8 +72,11 @@ def _parse_names(d: Any, labels: tuple[str, ...]) -> dict[str, SpeciesName]:
         if not isinstance(entry, dict):
             raise InvalidFieldError(f'{where} must be {{"scientific": ..., "common": ...}}')
         values = [get_field(entry, k, where) for k in ("scientific", "common")]
-        if any(not isinstance(v, str) or not v.strip() or any(c in v for c in "\t\r\n") for v in values):
-            raise InvalidFieldError(f"{where}: names must be non-empty text without tabs or line breaks")
+        if any(not isinstance(v, str) or not v.strip() or control_chars(v) for v in values):
+            raise InvalidFieldError(
+                f"{where}: names must be non-empty text without control characters (tabs, line breaks, U+2028, NEL, "
+                f"NUL...); got {values!r}"
+            )
         out[label] = SpeciesName(*values)
     return out
 

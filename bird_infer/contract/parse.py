@@ -34,6 +34,7 @@ from bird_infer.contract.schema import (
     ModelConfig,
     field_doc,
 )
+from bird_infer.contract.text import control_chars
 
 
 def parse_audio(d: Any) -> AudioConfig:
@@ -120,4 +121,11 @@ def check_labels(labels: Any, where: str) -> tuple[str, ...]:
         raise InvalidFieldError(f"{where} has duplicates {dup[:10]}; each label names one output column")
     if RESERVED_COLUMN in labels:
         raise InvalidFieldError(f"{where}: '{RESERVED_COLUMN}' is the submission's first column, not a label")
+    controlled = [(x, control_chars(x)) for x in labels if control_chars(x)]
+    if controlled:
+        label, chars = controlled[0]
+        raise InvalidFieldError(
+            f"{where}: label {label!r} holds control characters ({', '.join(chars)}): tables (Raven, Audacity, CSV) "
+            f"cannot keep them apart; {len(controlled)} label(s) like it. Rename them"
+        )
     return tuple(labels)

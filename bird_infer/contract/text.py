@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 
 def safe_text(text: str) -> str:
     """``text`` as printable UTF-8: bytes of a file name that are not UTF-8 (held by Python as surrogate
@@ -23,3 +25,25 @@ def one_line(e: BaseException, limit: int | None = None) -> str:
 def describe_exception(e: BaseException) -> str:
     """One line for the error report: the exception type and its message."""
     return f"{type(e).__name__}: {one_line(e) or '(no message)'}"
+
+
+def control_chars(text: str) -> list[str]:
+    """The control characters in ``text`` (C0, DEL, C1 such as NEL, and the line and paragraph separators U+2028
+    and U+2029), as ``U+XXXX``: what breaks a tab- or line-separated table."""
+    return [f"U+{ord(c):04X}" for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+
+
+FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+"""A spreadsheet reads a cell that starts with one of these as a formula (OWASP's CSV injection list)."""
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """``cell`` as a spreadsheet shows it but never runs it: a leading ``'`` before a formula lead, unless the
+    cell is a number (``-1.0000`` stays a number)."""
+    if not cell or cell[0] not in FORMULA_LEADS:
+        return cell
+    try:
+        float(cell)
+    except ValueError:
+        return "'" + cell
+    return cell

@@ -230,6 +230,11 @@ def run_detect(
         check_output(out_dir / RUN_RECORD)
 
     plan = plan_run(audio, models, output_names, options, time_limit_s, None, place)
+    clash = sorted({"start_s", "end_s"} & set(plan.manifest.labels)) if "probs" in settings.rtypes else []
+    if clash:
+        raise OutputError(
+            f"label(s) {clash} would overwrite the Parquet time columns of --rtype probs: drop probs or rename them"
+        )
     record = RunRecord(out_dir, identity(plan.manifest, settings, plan.options, plan.root))
     record.start(resume)
     writer = _Writer(plan, settings, out_dir, record)

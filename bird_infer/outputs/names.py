@@ -56,11 +56,18 @@ def unique_stems(paths: Sequence[Path], root: Path) -> list[str]:
     return disambiguate(names)
 
 
+RESERVED_NAMES = ("combined",)
+"""Output names the tool writes itself (``combined.selection.table.txt``...): an input ``combined.wav`` at the top
+of ``--audio`` gets ``combined~2``, so that its tables and the combined ones never overwrite each other."""
+
+
 def output_names(entries: Sequence[Path], root: Path) -> list[str]:
     """Each entry's output name below OUTDIR (a relative POSIX path, no suffix), unique by construction: the
     folder below ``root`` and the stem; the file name with its extension where stems collide; ``~2``, ``~3``
-    for whatever still collides (:func:`disambiguate`). Names are made printable."""
+    for whatever still collides or is one of :data:`RESERVED_NAMES` (:func:`disambiguate`). Names are made
+    printable."""
     first = ["/".join(safe_text(x) for x in (*_below(p, root).parent.parts, p.stem)) for p in entries]
     second = ["/".join(safe_text(x) for x in _below(p, root).parts) or safe_text(p.name) for p in entries]
     counts = Counter(first)
-    return disambiguate([s if counts[f] > 1 else f for f, s in zip(first, second, strict=True)])
+    names = [s if counts[f] > 1 else f for f, s in zip(first, second, strict=True)]
+    return disambiguate([*RESERVED_NAMES, *names])[len(RESERVED_NAMES) :]

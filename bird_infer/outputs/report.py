@@ -27,7 +27,7 @@ import pandas as pd
 
 from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.schema import FALLBACK_PROB
-from bird_infer.contract.text import safe_text
+from bird_infer.contract.text import safe_text, spreadsheet_safe
 from bird_infer.outputs.atomic import write_csv_atomic
 from bird_infer.run.outcomes import FileFailure, Outcome
 
@@ -55,9 +55,10 @@ def report_path(submission: str | Path) -> Path:
 def report_frame(entries: list[ReportEntry]) -> pd.DataFrame:
     """The report's rows, names made printable."""
     rows = [
-        [safe_text(str(e.file)), e.row_prefix, e.outcome, safe_text(e.reason), e.attempts, e.rows, e.folds]
+        [spreadsheet_safe(safe_text(str(e.file))), spreadsheet_safe(e.row_prefix), e.outcome,
+         spreadsheet_safe(safe_text(e.reason)), e.attempts, e.rows, e.folds]
         for e in entries
-    ]
+    ]  # fmt: skip
     return pd.DataFrame(rows, columns=REPORT_COLUMNS)
 
 

@@ -37,6 +37,7 @@ from bird_infer.contract.birdnet import FMAX_HZ
 from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.extras import import_extra
 from bird_infer.contract.schema import SpeciesName
+from bird_infer.contract.text import spreadsheet_safe
 
 RAVEN_COLUMNS = (
     "Selection",
@@ -245,9 +246,17 @@ def combined_rows(rtype: str, files: Sequence[FileDetections], style: TableStyle
     return _numbered(rows)
 
 
+SPREADSHEET_RTYPES = ("csv", "kaleidoscope")
+"""Tables opened in spreadsheets: their cells never start a formula (:func:`spreadsheet_safe`)."""
+
+
 def render(rtype: str, rows: Sequence[Sequence[str]]) -> str:
     """The table's text: its header (when it has one) and ``rows``, by the ``csv`` module (tab-separated for
-    Raven and Audacity, quoted only where a cell needs it), ``\\n`` line ends."""
+    Raven and Audacity, quoted only where a cell needs it), ``\\n`` line ends. In CSV and Kaleidoscope tables a
+    cell that a spreadsheet would run as a formula (a label, a name, a file or folder name starting with ``=``,
+    ``+``, ``-`` or ``@``) gets a leading ``'``."""
+    if rtype in SPREADSHEET_RTYPES:
+        rows = [[spreadsheet_safe(c) if isinstance(c, str) else c for c in row] for row in rows]
     buf = io.StringIO()
     dialect = csv.excel_tab if rtype in TAB_SEPARATED else csv.excel
     writer = csv.writer(buf, dialect=dialect, lineterminator="\n")
