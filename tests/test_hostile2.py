@@ -590,3 +590,20 @@ def test_cells_a_spreadsheet_would_run_are_neutralised(tmp_path):
     assert "\t=HYPERLINK(1)\t" in raven  # Raven's tab-separated table keeps the label as it is
     report_rows = pd.read_csv(out / "bird_infer_errors.csv").file
     assert len(report_rows) == 1 and not report_rows[0].startswith("@")
+
+
+# --- class 14: a locale that is not UTF-8 -------------------------------------------------------------------------
+
+
+def test_names_do_not_depend_on_the_locale(tmp_path, monkeypatch):
+    from bird_infer.contract.text import safe_text
+    from bird_infer.outputs.names import output_names, unique_stems
+
+    name = "sité_ü.wav"
+    latin1 = name.encode("utf-8").decode("latin-1")  # what Python holds for the name under ISO-8859-1
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "iso8859-1")
+    monkeypatch.setattr(os, "fsencode", lambda s: s.encode("latin-1", "surrogateescape"))
+    assert safe_text(latin1) == name
+    assert unique_stems([tmp_path / latin1], tmp_path) == ["sité_ü"]
+    assert output_names([tmp_path / latin1], tmp_path) == ["sité_ü"]
+    assert safe_text("Turdus migratorius é") == "Turdus migratorius é"  # text that is not a UTF-8 name: unchanged

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import unicodedata
 
 
 def safe_text(text: str) -> str:
     """``text`` as printable UTF-8: bytes of a file name that are not UTF-8 (held by Python as surrogate
     escapes) and control characters (a newline in a file name) become ``\\xNN`` escapes, so that
-    every name can be written to the CSV and read back unchanged."""
+    every name can be written to the CSV and read back unchanged. Under a locale that is not UTF-8 (ISO-8859-1),
+    Python decodes a UTF-8 file name into other characters (``sitÃ©``): the name's bytes are read as UTF-8 again
+    (``sité``), so that row ids and table paths do not depend on the locale."""
+    if sys.getfilesystemencoding().lower().replace("-", "") != "utf8":
+        try:
+            text = os.fsencode(text).decode("utf-8")  # strict: bytes that are not UTF-8 keep the locale's reading
+        except (UnicodeError, TypeError):
+            pass
     if text.isprintable() and not any("\udc80" <= c <= "\udcff" for c in text):
         return text
     raw = text.encode("utf-8", "surrogateescape")
