@@ -607,3 +607,20 @@ def test_names_do_not_depend_on_the_locale(tmp_path, monkeypatch):
     assert unique_stems([tmp_path / latin1], tmp_path) == ["sité_ü"]
     assert output_names([tmp_path / latin1], tmp_path) == ["sité_ü"]
     assert safe_text("Turdus migratorius é") == "Turdus migratorius é"  # text that is not a UTF-8 name: unchanged
+
+
+def test_a_dask_worker_holding_another_fold_file_refuses_it(tmp_path, dask_cluster):
+    from bird_infer.contract.manifest import load_manifest
+    from bird_infer.run.engine import predict_files
+    from bird_infer.run.outcomes import FileFailure
+
+    address, _ = dask_cluster
+    bundle = tmp_path / "models"
+    shutil.copytree(MODELS, bundle)
+    manifest = load_manifest(bundle)  # checked in the client
+    fold = bundle / manifest.members[0].folds[0].file
+    fold.write_bytes(fold.read_bytes() + b"\0")  # what the worker finds at that path is another file
+    wavs = [tone(tmp_path / f"{k}.wav") for k in range(2)]
+    outcomes = predict_files(wavs, manifest, RunOptions(engine="dask", scheduler=address))
+    assert all(isinstance(o, FileFailure) for o in outcomes)
+    assert all("could not load the models" in o.reason and "sha256" in o.reason for o in outcomes)
