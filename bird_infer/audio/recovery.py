@@ -30,12 +30,12 @@ WAV_SUBTYPES = {
 WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 
 
-class Slice(io.RawIOBase):
-    """A read-only window ``[start, start + length)`` of a binary file, seen as a file of its own."""
+class _View(io.RawIOBase):
+    """A read-only, seekable view of ``length`` bytes of a binary file (subclasses read them)."""
 
-    def __init__(self, fh, start: int, length: int) -> None:
+    def __init__(self, fh, length: int) -> None:
         super().__init__()
-        self.fh, self.start, self.length, self.pos = fh, start, length, 0
+        self.fh, self.length, self.pos = fh, length, 0
 
     def readable(self) -> bool:
         return True
@@ -50,6 +50,14 @@ class Slice(io.RawIOBase):
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
         self.pos = max(0, min(self.length, base + offset))
         return self.pos
+
+
+class Slice(_View):
+    """A read-only window ``[start, start + length)`` of a binary file, seen as a file of its own."""
+
+    def __init__(self, fh, start: int, length: int) -> None:
+        super().__init__(fh, length)
+        self.start = start
 
     def readinto(self, buffer) -> int:
         n = min(len(buffer), self.length - self.pos)
@@ -149,27 +157,12 @@ def ogg_links(fh) -> list[tuple[int, int]]:
     return [(a, b - a) for a, b in itertools.pairwise(bounds)]
 
 
-class Patched(io.RawIOBase):
+class Patched(_View):
     """A read-only view of a whole binary file with some bytes replaced (``patches``: offset -> bytes)."""
 
     def __init__(self, fh, patches: dict[int, bytes]) -> None:
-        super().__init__()
-        self.fh, self.patches, self.pos = fh, patches, 0
-        self.length = os.fstat(fh.fileno()).st_size
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
-        self.pos = max(0, min(self.length, base + offset))
-        return self.pos
+        super().__init__(fh, os.fstat(fh.fileno()).st_size)
+        self.patches = patches
 
     def readinto(self, buffer) -> int:
         self.fh.seek(self.pos)

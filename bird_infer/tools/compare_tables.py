@@ -39,8 +39,8 @@ def compare_folders(
     want_dir: Path, got_dir: Path, replace: tuple[str, str] | None = None, ignore: Collection[str] = ()
 ) -> Comparison:
     """Every file below ``want_dir`` against the same path below ``got_dir`` (``replace``: (old, new) applied to the
-    wanted text first; ``ignore``: file names only ``got_dir`` may hold)."""
-    want = {p.relative_to(want_dir) for p in want_dir.rglob("*") if p.is_file()}
+    wanted text first; ``ignore``: file names left out on both sides)."""
+    want = {p.relative_to(want_dir) for p in want_dir.rglob("*") if p.is_file() and p.name not in ignore}
     got = {p.relative_to(got_dir) for p in got_dir.rglob("*") if p.is_file() and p.name not in ignore}
     c = Comparison(files=len(want))
     c.problems += [f"missing {p}" for p in sorted(want - got)] + [f"extra {p}" for p in sorted(got - want)]
