@@ -588,8 +588,8 @@ def test_cells_a_spreadsheet_would_run_are_neutralised(tmp_path):
     assert "'=HYPERLINK(1)" in csv_text and "'@SUM(1)" in csv_text
     raven = (out / "=cmd" / "-2+3.selection.table.txt").read_text(encoding="utf-8")
     assert "\t=HYPERLINK(1)\t" in raven  # Raven's tab-separated table keeps the label as it is
-    report_rows = pd.read_csv(out / "bird_infer_errors.csv").file
-    assert len(report_rows) == 1 and not report_rows[0].startswith("@")
+    report_rows = pd.read_csv(out / "bird_infer_errors.csv")
+    assert report_rows.row_prefix.tolist() == ["'@bad"]  # the report's name cell cannot run as a formula
 
 
 # --- class 14: a locale that is not UTF-8 -------------------------------------------------------------------------

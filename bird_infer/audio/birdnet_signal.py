@@ -37,11 +37,6 @@ def file_duration_s(path: str | Path) -> float:
     return float(sf.info(str(path)).duration)
 
 
-def native_rate(path: str | Path) -> int:
-    """``librosa.get_samplerate``: the header's sample rate."""
-    return int(sf.info(str(path)).samplerate)
-
-
 def resample(y: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
     """``librosa.resample(y, orig_sr=rate, target_sr=target, res_type="kaiser_fast")``."""
     if rate == target:

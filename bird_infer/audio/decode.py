@@ -20,7 +20,6 @@ Files are opened through a Python file object, so names that are not valid UTF-8
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import soundfile as sf
 import soxr
 
 from bird_infer.audio.files import entry_problem
-from bird_infer.audio.recovery import Slice, flac_unbounded, ogg_links, wav_continuation
+from bird_infer.audio.recovery import Slice, flac_unbounded, ogg_links, wav_continuation, wav_header
 from bird_infer.contract.errors import AudioDecodeError
 from bird_infer.contract.schema import RESAMPLERS, AudioConfig
 
@@ -97,20 +96,10 @@ class _ReadOnlySoundFile(sf.SoundFile):
 
 def _wav_claimed_frames(fh) -> int | None:
     """Frames a RIFF/WAVE header's ``data`` chunk claims (libsndfile reports only what is present)."""
-    head = fh.read(1 << 16)
-    fh.seek(0)
-    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+    h = wav_header(fh)
+    if h is None or h.fmt is None or h.fmt[3] <= 0 or h.data_size == 0xFFFFFFFF:
         return None
-    endian = "<" if head[:4] == b"RIFF" else ">"
-    pos, block_align = 12, 0
-    while pos + 8 <= len(head):
-        cid, size = head[pos : pos + 4], struct.unpack(endian + "I", head[pos + 4 : pos + 8])[0]
-        if cid == b"fmt " and pos + 22 <= len(head):
-            block_align = struct.unpack(endian + "H", head[pos + 20 : pos + 22])[0]
-        if cid == b"data":
-            return size // block_align if block_align > 0 and size != 0xFFFFFFFF else None
-        pos += 8 + size + (size & 1)
-    return None
+    return h.data_size // h.fmt[3]
 
 
 def _open(path: Path):

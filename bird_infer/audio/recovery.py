@@ -84,9 +84,19 @@ class WavContinuation:
     endian: str
 
 
-def wav_continuation(fh) -> WavContinuation | None:
-    """The WAV's samples as the file holds them, when its header claims fewer and what follows the claim is not
-    another chunk; None otherwise (not a WAV, a format read as raw samples cannot be, or nothing hidden)."""
+@dataclass(frozen=True)
+class WavHeader:
+    """What a RIFF/WAVE header says: its ``fmt`` chunk (None when absent) and where its ``data`` chunk starts."""
+
+    endian: str
+    fmt: tuple[int, int, int, int, int] | None
+    """(format tag, channels, rate, block align, bits per sample); the tag of WAVE_FORMAT_EXTENSIBLE resolved."""
+    data_offset: int
+    data_size: int
+
+
+def wav_header(fh) -> WavHeader | None:
+    """The header of a RIFF/WAVE file up to its ``data`` chunk (the file object left at 0); None for other files."""
     head = fh.read(1 << 16)
     fh.seek(0)
     if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
@@ -102,9 +112,16 @@ def wav_continuation(fh) -> WavContinuation | None:
                 tag = struct.unpack(e + "H", head[pos + 32 : pos + 34])[0]
             fmt = (tag, channels, rate, align, bits)
         if cid == b"data":
-            return _continuation(fh, fmt, pos + 8, size, e)
+            return WavHeader(e, fmt, pos + 8, size)
         pos += 8 + size + (size & 1)
     return None
+
+
+def wav_continuation(fh) -> WavContinuation | None:
+    """The WAV's samples as the file holds them, when its header claims fewer and what follows the claim is not
+    another chunk; None otherwise (not a WAV, a format read as raw samples cannot be, or nothing hidden)."""
+    h = wav_header(fh)
+    return None if h is None else _continuation(fh, h.fmt, h.data_offset, h.data_size, h.endian)
 
 
 def _continuation(fh, fmt, offset: int, claimed: int, e: str) -> WavContinuation | None:

@@ -190,8 +190,7 @@ def run_analyze(
         summary.audio_s += outcome.analysis.duration_s
         log.info("Finished %s", files[k])
     if settings.combine_results:
-        problems = combine(settings, [names[k] for k in range(len(files)) if ok[k]])
-        summary.failed.extend((p, "combine") for p in problems)
+        summary.failed.extend(combine(settings, [names[k] for k in range(len(files)) if ok[k]]))
     write_params(settings)
     write_errors(settings.output_path, summary.failed)
     summary.seconds = time.perf_counter() - t0

@@ -182,7 +182,7 @@ def _lines(path: str) -> list[str]:
         return f.readlines()
 
 
-def combine_raven(out_dir: str, tables: Sequence[str], problems: list[str]) -> None:
+def combine_raven(out_dir: str, tables: Sequence[str], problems: list[tuple[str, str]]) -> None:
     """``combine_raven_tables``: every file's selections, numbered on and shifted by the lengths before them."""
     out = [RAVEN_HEADER]
     s_id, offset = 1, 0.0
@@ -208,12 +208,12 @@ def combine_raven(out_dir: str, tables: Sequence[str], problems: list[str]) -> N
                 out.append("\t".join(cells))
             offset += duration
         except Exception as e:  # BirdNET-Analyzer logs and goes on; so does this, in the report
-            problems.append(f"{table}: cannot combine results ({type(e).__name__}: {e})")
+            problems.append((table, f"cannot combine results ({type(e).__name__}: {e})"))
     write_text(os.path.join(out_dir, COMBINED_RAVEN), "".join(out))
     write_text(os.path.join(out_dir, COMBINED_RAVEN.rsplit(".", 1)[0] + ".list.txt"), "".join(f + "\n" for f in audio))
 
 
-def combine_kaleidoscope(out_dir: str, tables: Sequence[str], problems: list[str]) -> None:
+def combine_kaleidoscope(out_dir: str, tables: Sequence[str], problems: list[tuple[str, str]]) -> None:
     out = [KALEIDOSCOPE_HEADER]
     for table in tables:
         try:
@@ -221,25 +221,25 @@ def combine_kaleidoscope(out_dir: str, tables: Sequence[str], problems: list[str
             if "INDIR" in lines[0] and "sensitivity" in lines[0]:
                 out.extend(lines[1:])
         except Exception as e:
-            problems.append(f"{table}: cannot combine results ({type(e).__name__}: {e})")
+            problems.append((table, f"cannot combine results ({type(e).__name__}: {e})"))
     write_text(os.path.join(out_dir, COMBINED_KALEIDOSCOPE), "".join(out))
 
 
-def combine_csv(out_dir: str, tables: Sequence[str], problems: list[str]) -> None:
+def combine_csv(out_dir: str, tables: Sequence[str], problems: list[tuple[str, str]]) -> None:
     out = ""
     for table in tables:
         try:
             lines = _lines(table)
             out += "".join(lines[1:] if out else lines)
         except Exception as e:
-            problems.append(f"{table}: cannot combine results ({type(e).__name__}: {e})")
+            problems.append((table, f"cannot combine results ({type(e).__name__}: {e})"))
     write_text(os.path.join(out_dir, COMBINED_CSV), out)
 
 
-def combine(settings: AnalyzeSettings, done: Sequence[dict[str, str]]) -> list[str]:
+def combine(settings: AnalyzeSettings, done: Sequence[dict[str, str]]) -> list[tuple[str, str]]:
     """The combined tables of the rtypes asked for, from the files' tables in input order; returns the
-    problems met (a table that could not be read)."""
-    problems: list[str] = []
+    problems met, (table, why), for a table that could not be read."""
+    problems: list[tuple[str, str]] = []
     if "table" in settings.rtypes:
         combine_raven(settings.output_path, [d["table"] for d in done], problems)
     if "kaleidoscope" in settings.rtypes:

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from bird_infer.audio.birdnet_signal import (
     PIECE_S,
     SAMPLE_RATE,
     bandpass,
-    file_duration_s,
     load_piece,
-    native_rate,
     split_signal,
 )
 from bird_infer.contract.analyze import AnalyzeSettings, FileAnalysis
@@ -80,8 +79,8 @@ class AnalyzerPredictor:
 
     def analyze(self, path: Path) -> tuple[FileAnalysis, int, StageTimes]:
         s = self.s
-        length = file_duration_s(path)
-        rate = native_rate(path)
+        info = sf.info(str(path))  # librosa's get_duration and get_samplerate, read once
+        length, rate = float(info.duration), int(info.samplerate)
         step = s.segment_s - s.overlap
         results: dict[str, list[tuple[str, float]]] = {}
         decode_s = model_s = 0.0

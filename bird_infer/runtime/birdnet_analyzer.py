@@ -109,11 +109,14 @@ class RangeFilter:
         return sorted(kept) if sort else kept
 
 
-def outside_labels(labels: Sequence[str], members: Sequence, species: Sequence[str]) -> np.ndarray:
+def outside_labels(
+    labels: Sequence[str], members: Sequence, species: Sequence[str], names: Sequence[str] | None = None
+) -> np.ndarray:
     """For a bundle's ``labels``: True where its BirdNET member maps the label to a BirdNET species that is not
-    on ``species`` (labels BirdNET does not predict are left alone: other members may)."""
+    on ``species`` (labels BirdNET does not predict are left alone: other members may). ``names``: BirdNET's
+    labels, when already read."""
     allowed = set(species)
-    names = birdnet_labels()
+    names = birdnet_labels() if names is None else names
     column = {x: k for k, x in enumerate(labels)}
     out = np.zeros(len(labels), dtype=bool)
     for member in members:
@@ -134,4 +137,4 @@ def range_filter_mask(labels: Sequence[str], members: Sequence, where: tuple[flo
     species = RangeFilter(checked_file(MDATA_FILE), names).species(*where)
     if not species:
         return np.zeros(len(labels), dtype=bool)
-    return outside_labels(labels, members, species)
+    return outside_labels(labels, members, species, names)
