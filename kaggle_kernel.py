@@ -41,6 +41,7 @@ RUNTIME_MODULES = {
     "soxr": "soxr",
     "onnx": "onnx",
     "onnxruntime": "onnxruntime",
+    "regex": "regex",
 }
 # Installed from the bundle's wheels/ when they are there (`bird-infer bundle` carries them unless --no-openvino);
 # without them --precision auto runs ONNX Runtime fp32.

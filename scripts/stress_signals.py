@@ -1,5 +1,6 @@
-"""Run the signal tests (Ctrl-C twice, a killed parent, a SIGSTOPped worker) many times beside a CPU load, and
-count the failures: a signal that is swallowed once in a hundred runs is a defect, and shows up only like this.
+"""Run the signal tests (Ctrl-C twice, a killed parent, a SIGSTOPped worker, one stopped idle or starting) and the
+bounded name patterns many times beside a CPU load, and count the failures: a signal that is swallowed once in a
+hundred runs is a defect, and shows up only like this.
 
     python scripts/stress_signals.py [--runs 20] [--load 2]
 
@@ -22,6 +23,9 @@ TESTS = (
     "tests/test_hostile.py::test_ctrl_c_twice_stops_everything_at_once",
     "tests/test_hostile.py::test_workers_die_with_a_killed_parent",
     "tests/test_faults.py::test_a_stalled_worker_is_found_in_seconds",
+    "tests/test_run_ends.py::test_a_worker_stopped_before_its_first_task_cannot_hold_the_run",
+    "tests/test_run_ends.py::test_a_name_that_blows_the_bound_at_run_time_leaves_its_rows_and_says_why",
+    "tests/test_run_ends.py::test_the_issues_pattern_runs_a_rank_blend_to_its_end",
 )
 
 

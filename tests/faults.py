@@ -112,3 +112,44 @@ class StallingPredictor(FilePredictor):
     def predict_part(self, path: Path, n_folds=None, start: int = 0, end=None):
         self.current, self.blocks = path.name, 0
         return super().predict_part(path, n_folds, start, end)
+
+
+class StopOnePredictor(FilePredictor):
+    """Real predictions; the first worker to start (by a marker in ``BIRD_INFER_STOP_DIR``) writes its pid to
+    ``stopped.pid`` there and stops itself (SIGSTOP) before it takes any task, as ``BIRD_INFER_STOP_MODE`` says:
+
+    - ``starting``: in its start-up (its initializer never ends);
+    - ``holding``: idle, holding the pool's task queue, as a worker waiting for work does (the others then cannot
+      take a task: the queue's read lock is taken from a thread, and the process stopped with it held).
+    Every worker's files then take ``BIRD_INFER_STOP_SLEEP`` seconds more (default 0.3)."""
+
+    def __init__(self, manifest, options) -> None:
+        super().__init__(manifest, options)
+        folder = Path(os.environ["BIRD_INFER_STOP_DIR"])
+        try:
+            fd = os.open(folder / "designated", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        (folder / "stopped.pid").write_text(str(os.getpid()))
+        if os.environ["BIRD_INFER_STOP_MODE"] == "starting":
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return
+        import gc
+        import threading
+        from multiprocessing.queues import Queue
+
+        queues = [q for q in gc.get_objects() if isinstance(q, Queue)]
+
+        def hold() -> None:
+            for q in queues:
+                q._rlock.acquire()  # the lock a worker holds while it waits for a task
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+        threading.Thread(target=hold, daemon=True).start()
+        time.sleep(0.5)  # the thread has the lock (or waits for it) before this worker can take a task
+
+    def predict_part(self, path: Path, n_folds=None, start: int = 0, end=None):
+        r = super().predict_part(path, n_folds, start, end)
+        time.sleep(float(os.environ.get("BIRD_INFER_STOP_SLEEP", "0.3")))
+        return r

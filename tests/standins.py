@@ -78,3 +78,32 @@ def head_standin(path: Path, dim: int, n_out: int, seed: int = 1) -> Path:
     inputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])]
     outputs = [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", n_out])]
     return _save(nodes, inputs, outputs, weights, path)
+
+
+def framewise_standin(path: Path, n_labels: int, samples: int, frames: int = 25, seed: int = 2) -> Path:
+    """A frame-wise SED on the waveform, made without torch: ``wave`` (batch, samples) -> ``frames`` (batch, frames,
+    n_labels) = sigmoid of each frame's log energy and mean |x| through a linear layer (time on axis 1)."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "shape": np.array([0, frames, samples // frames], dtype=np.float32),
+        "eps": np.array([1e-6]),
+        "w": rng.normal(0, 1.0, (2, n_labels)),
+        "b": rng.normal(-1.0, 0.5, n_labels),
+    }
+    nodes = [
+        helper.make_node("Cast", ["shape"], ["shape64"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["wave", "shape64"], ["framed"]),
+        helper.make_node("Mul", ["framed", "framed"], ["power"]),
+        helper.make_node("ReduceMean", ["power"], ["energy"], axes=[2], keepdims=1),
+        helper.make_node("Add", ["energy", "eps"], ["energy_eps"]),
+        helper.make_node("Log", ["energy_eps"], ["log_energy"]),
+        helper.make_node("Abs", ["framed"], ["magnitude"]),
+        helper.make_node("ReduceMean", ["magnitude"], ["level"], axes=[2], keepdims=1),
+        helper.make_node("Concat", ["log_energy", "level"], ["features"], axis=2),
+        helper.make_node("MatMul", ["features", "w"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["frames"]),
+    ]
+    inputs = [helper.make_tensor_value_info("wave", TensorProto.FLOAT, ["batch", samples])]
+    outputs = [helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["batch", frames, n_labels])]
+    return _save(nodes, inputs, outputs, weights, path)

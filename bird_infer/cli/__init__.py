@@ -23,7 +23,6 @@ from bird_infer.cli.args import (
     unit_interval,
 )
 from bird_infer.cli.commands import (
-    add_member_from_args,
     birdnet_bundle_from_args,
     bundle_from_args,
     detect_from_args,
@@ -37,6 +36,7 @@ from bird_infer.cli.commands import (
     train_from_args,
     tune_from_args,
 )
+from bird_infer.cli.members import add_member_from_args, new_bundle_from_args
 from bird_infer.contract.errors import BirdInferError
 from bird_infer.outputs.tables import RTYPES
 from bird_infer.run.options import restore_interrupts
@@ -202,12 +202,35 @@ def build_parser() -> argparse.ArgumentParser:
     am.add_argument("--framewise", action="store_true", help="the output is frame-wise (batch, labels, frames)")
     am.add_argument("--time-axis", type=int, choices=[1, 2], default=2, help="frame-wise: the frames' axis (default 2)")
     am.add_argument("--frame-reduce", choices=["mean", "max"], default="mean", help="frame-wise: a row's frames")
-    am.add_argument("--embedding", nargs="*", help="outputs other members may read (a head's input)")
+    am.add_argument("--embedding", nargs="+", action="extend", help="outputs other members may read (a head's input)")
     am.add_argument("--source", help="a head: MEMBER:OUTPUT, the other member's output it takes")
     am.add_argument("--weight", type=positive_float, default=1.0, help="the member's weight (default 1)")
-    am.add_argument("--shifts", nargs="*", help="test-time shifts OFFSET_S:WEIGHT, e.g. -1.25:1 0:2 1.25:2")
-    am.add_argument("--check-audio", type=Path, nargs="+", required=True, help="real recordings to check the model on")
+    am.add_argument(
+        "--shifts",
+        nargs="+",
+        action="append",
+        help="test-time shifts OFFSET_S:WEIGHT, comma-separated after '=' (a leading minus needs it): "
+        "--shifts=-1.25:1,0:2,1.25:2; |offset| < --window-s, one offset 0",
+    )
+    am.add_argument(
+        "--check-audio",
+        type=Path,
+        nargs="+",
+        action="extend",
+        required=True,
+        help="real recordings to check the model on",
+    )
     am.set_defaults(func=add_member_from_args)
+    nb = sub.add_parser("new-bundle", help="start an empty bundle from a label list, for add-member to fill")
+    nb.add_argument("bundle", type=Path, help="the folder to create (or an empty one)")
+    nb_labels = nb.add_mutually_exclusive_group(required=True)
+    nb_labels.add_argument("--labels", type=Path, help="the bundle's labels, one per line, in the submission's order")
+    nb_labels.add_argument(
+        "--sample-submission", type=Path, help="a sample_submission.csv: its label columns, in its order"
+    )
+    nb.add_argument("--row-s", type=positive_float, default=5.0, help="seconds per output row (default 5)")
+    nb.add_argument("--description", default="", help="a line saying what the bundle is")
+    nb.set_defaults(func=new_bundle_from_args)
     tu = sub.add_parser(
         "tune", help="choose the post-processing's parameters on labelled soundscapes (cross-validated over files)"
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -18,10 +17,8 @@ from bird_infer.contract.birdnet import LICENCE
 from bird_infer.contract.errors import BirdInferError
 from bird_infer.contract.extras import require
 from bird_infer.contract.manifest import load_manifest
-from bird_infer.contract.parse import parse_frontend
 from bird_infer.contract.sample import read_sample_columns
-from bird_infer.contract.schema import Shift, SourceSpec
-from bird_infer.contract.training_config import load_training_config, read_labels_file
+from bird_infer.contract.training_config import load_training_config
 from bird_infer.jobs.detect import DetectSettings, run_detect
 from bird_infer.jobs.predict import run_predict
 from bird_infer.kaggle.editions import edition_for
@@ -30,7 +27,6 @@ from bird_infer.outputs.plot import plot_file
 from bird_infer.run.options import RunOptions
 from bird_infer.run.predictor import FilePredictor
 from bird_infer.runtime.checks import check_models
-from bird_infer.tools.add_member import MemberRequest, add_member, read_label_map
 from bird_infer.tools.birdnet_bundle import write_bundle
 from bird_infer.tools.bundle import DEFAULT_EXTRAS, build_bundle
 from bird_infer.tools.example import write_example
@@ -279,62 +275,4 @@ def tune_from_args(args: argparse.Namespace) -> int:
         f"({result.best_score:.4f}; untuned {result.untuned_score:.4f}, in-sample)"
     )
     print(f"wrote {result.written}: run it with --models {result.written}")
-    return 0
-
-
-def _shifts(texts: list[str] | None) -> tuple[Shift, ...]:
-    """``OFFSET:WEIGHT`` items (seconds, weight) -> shifts; none given: no shift."""
-    if not texts:
-        return (Shift(),)
-    out = []
-    for t in texts:
-        offset, _, weight = t.partition(":")
-        try:
-            out.append(Shift(float(offset), float(weight or 1.0)))
-        except ValueError:
-            raise BirdInferError(f"--shifts takes OFFSET_S:WEIGHT items like -1.25:1 0:2 1.25:2, got {t!r}") from None
-    return tuple(out)
-
-
-def add_member_from_args(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.bundle)
-    labels = read_labels_file(args.labels) if args.labels else None
-    label_map = read_label_map(args.label_map, labels or manifest.labels, manifest.labels) if args.label_map else None
-    frontend = None
-    if args.input == "logmel":
-        if args.frontend_config is None:
-            raise BirdInferError("--input logmel needs --frontend-config: a JSON with every log-mel field")
-        raw = json.loads(args.frontend_config.read_text(encoding="utf-8"))
-        frontend = parse_frontend(raw.get("frontend", raw), args.sample_rate)
-    source = None
-    if args.source:
-        member, _, output = args.source.partition(":")
-        source = SourceSpec(member, output)
-    request = MemberRequest(
-        onnx=args.onnx,
-        name=args.name,
-        output=args.output,
-        holds=args.holds,
-        activation=args.activation,
-        sample_rate=args.sample_rate,
-        window_s=args.window_s,
-        frontend=frontend,
-        input_name=args.input_name,
-        labels=labels,
-        label_map=label_map,
-        framewise=args.framewise,
-        time_axis=args.time_axis,
-        frame_reduce=args.frame_reduce,
-        embeddings=tuple(args.embedding or ()),
-        source=source,
-        weight=args.weight,
-        resampler=args.resampler,
-        shifts=_shifts(args.shifts),
-    )
-    r = add_member(args.bundle, request, args.check_audio)
-    print(
-        f"added member {r.member.name!r} to {r.manifest.root / 'manifest.json'}: {r.mapped} labels mapped, "
-        f"{r.ignored} of the model's ignored (no bundle counterpart); output range on the check audio "
-        f"[{r.output_range[0]:.3g}, {r.output_range[1]:.3g}], spread {r.spread:.3g}; {len(r.manifest.members)} members"
-    )
     return 0

@@ -133,7 +133,7 @@ class Manifest:
             else:
                 d["kind"] = "birdnet"
                 d["birdnet"]["outputs"] = list(m.birdnet.outputs)
-            for key in ("output_index", "source", "head_dim"):
+            for key in ("output_index", "source", "head_dim", "model"):
                 if d[key] is None:
                     d.pop(key)
             if m.output_index is not None:

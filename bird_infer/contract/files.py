@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from bird_infer.contract.errors import (
     ModelShapeError,
     OutOfResourcesError,
 )
+from bird_infer.contract.name_pattern import NamePattern
 from bird_infer.contract.postprocess import Prior
 from bird_infer.contract.schema import FoldSpec, Member
 from bird_infer.contract.text import describe_exception
@@ -144,7 +144,7 @@ def load_prior_table(m: Manifest, step: Prior) -> PriorTable:
     if not table:
         raise InvalidFieldError(f"{where} is empty; it needs a header: the pattern's groups, then labels")
     header, body = table[0], table[1:]
-    groups = set(re.compile(step.pattern).groupindex)
+    groups = set(NamePattern.compile(step.pattern, check=False).groupindex)
     label_index = {x: j for j, x in enumerate(m.labels)}
     keys = [c for c in header if c not in label_index]
     strange = [c for c in keys if c not in groups]

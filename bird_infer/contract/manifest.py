@@ -11,6 +11,8 @@ imports torch: the inference path reads the manifest, and the exporter writes it
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +83,11 @@ def _parse_names(d: Any, labels: tuple[str, ...]) -> dict[str, SpeciesName]:
     return out
 
 
-def manifest_from_dict(d: dict[str, Any], root: Path) -> Manifest:
-    """Parse and check a manifest dict (no file access). Raises a ManifestError subclass."""
+def manifest_from_dict(d: dict[str, Any], root: Path, building: bool = False) -> Manifest:
+    """Parse and check a manifest dict (no file access). Raises a ManifestError subclass.
+
+    ``building`` (``new-bundle`` and ``add-member``): a bundle being built may have no member yet, and labels no
+    member predicts yet; a bundle that is run or packed may not (the refusal lists them)."""
     if not isinstance(d, dict):
         raise InvalidFieldError("manifest.json must hold a JSON object")
     version = d.get("schema_version")
@@ -99,8 +104,11 @@ def manifest_from_dict(d: dict[str, Any], root: Path) -> Manifest:
         d = _schema1_to_2(d)
     row_s = positive(d.get("row_s", 5.0), "row_s")
     raw_members = get_field(d, "members", "manifest")
-    if not isinstance(raw_members, list) or not raw_members:
-        raise InvalidFieldError("manifest field 'members' must list at least one member")
+    if not isinstance(raw_members, list) or (not raw_members and not building):
+        raise InvalidFieldError(
+            "manifest field 'members' lists no member: list at least one (a bundle started with `bird-infer "
+            "new-bundle` gets its members with `bird-infer add-member`)"
+        )
     members = resolve_heads(tuple(parse_member(m, i, labels, row_s) for i, m in enumerate(raw_members)))
     names = [m.name for m in members]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -108,10 +116,10 @@ def manifest_from_dict(d: dict[str, Any], root: Path) -> Manifest:
         raise InvalidFieldError(f"member names repeat: {dup}; give each member its own name")
     covered = {x for m in members for x in m.labels}
     uncovered = [x for x in labels if x not in covered]
-    if uncovered:
+    if uncovered and not building:
         raise InvalidFieldError(
             f"bundle labels {uncovered[:10]} ({len(uncovered)}) are predicted by no member; remove them from "
-            "'labels' or add a member that has them"
+            "'labels' or add a member that has them (`bird-infer add-member`)"
         )
     files = [f.file for m in members for f in m.folds]
     if len(set(files)) != len(files):
@@ -135,11 +143,12 @@ def manifest_from_dict(d: dict[str, Any], root: Path) -> Manifest:
     )
 
 
-def load_manifest(path: str | Path, verify: bool = True) -> Manifest:
+def load_manifest(path: str | Path, verify: bool = True, building: bool = False) -> Manifest:
     """Read ``manifest.json`` (or the folder that holds it) and validate it.
 
     With ``verify`` (the default) every fold file is also checked: present, sha256 as recorded,
-    input/output names and widths as declared. Raises a ``ManifestError`` subclass.
+    input/output names and widths as declared. ``building``: see :func:`manifest_from_dict`. Raises a
+    ``ManifestError`` subclass.
     """
     path = Path(path)
     if path.is_dir():
@@ -154,14 +163,25 @@ def load_manifest(path: str | Path, verify: bool = True) -> Manifest:
         raise ManifestError(f"{path} is not valid JSON: {e}") from e
     except OSError as e:
         raise ManifestError(f"cannot read {path}: {e.strerror}") from e
-    m = manifest_from_dict(raw, root=path.parent.resolve())
+    m = manifest_from_dict(raw, root=path.parent.resolve(), building=building)
     if verify:
         verify_files(m)
     return m
 
 
 def write_manifest(m: Manifest, folder: str | Path) -> Path:
-    """Write ``manifest.json`` (schema 2) into ``folder`` and return its path."""
+    """Write ``manifest.json`` (schema 2) into ``folder`` and return its path: to a temporary file beside it,
+    fsynced, then renamed over it, so that a full disk or a crash never leaves a torn manifest."""
     path = Path(folder) / MANIFEST_NAME
-    path.write_text(json.dumps(m.to_dict(), indent=2) + "\n", encoding="utf-8")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{MANIFEST_NAME}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(m.to_dict(), indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp's 0600 would hide it
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path

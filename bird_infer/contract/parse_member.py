@@ -59,11 +59,19 @@ def _parse_fold(d: Any, i: int, where_member: str = "", input_rank: int = 3) -> 
         ),
         sha256=str(get_field(d, "sha256", where, "re-run `bird-infer export` to record it")),
         input=_parse_tensor(get_field(d, "input", where), f"{where}.input", input_rank),
-        clipwise=_parse_tensor(get_field(d, "clipwise", where), f"{where}.clipwise", 2),
+        clipwise=_parse_tensor(get_field(d, "clipwise", where), f"{where}.clipwise", _clip_rank(d, seg)),
         segmentwise=None if seg is None else _parse_tensor(seg, f"{where}.segmentwise", 3),
         int8=_parse_quantized(d.get("int8"), f"{where}.int8"),
         embeddings=tuple(_parse_tensor(e, f"{where}.embeddings[{k}]", 2) for k, e in enumerate(embeddings)),
     )
+
+
+def _clip_rank(d: dict, seg: Any) -> int:
+    """2, (batch, labels); or 3 for a frame-wise-only model, whose ``clipwise`` names its ``segmentwise`` output
+    (add-member records the output it uses as the file declares it)."""
+    clip = d.get("clipwise")
+    same = isinstance(clip, dict) and isinstance(seg, dict) and clip.get("name") == seg.get("name")
+    return 3 if same else 2
 
 
 def _parse_quantized(d: Any, where: str) -> QuantizedSpec | None:
@@ -128,12 +136,12 @@ def parse_member(d: Any, i: int, bundle_labels: tuple[str, ...], row_s: float) -
         frontend=frontend,
         folds=folds,
         ensemble=parse_ensemble(d.get("ensemble", {})),
-        model=parse_model(d.get("model", {})),
+        model=parse_model(d["model"]) if d.get("model") is not None else None,
         weight=float(weight),
         birdnet=_parse_birdnet(get_field(d, "birdnet", where), labels, where) if member_kind == "birdnet" else None,
         output_index=_parse_output_index(d.get("output_index"), labels, where),
         source=source,
-        shifts=_parse_shifts(d.get("shifts"), where, row_s),
+        shifts=_parse_shifts(d.get("shifts"), where, audio.clip_s),
     )
     if source is not None and member.shifts != (Shift(),):
         raise InvalidFieldError(f"{where}: a head runs on its source's windows; give the shifts to {source.member!r}")
@@ -175,7 +183,9 @@ def _parse_output_index(d: Any, labels: tuple[str, ...], where: str) -> tuple[in
     return tuple(d)
 
 
-def _parse_shifts(d: Any, where: str, row_s: float) -> tuple[Shift, ...]:
+def _parse_shifts(d: Any, where: str, window_s: float) -> tuple[Shift, ...]:
+    """Each offset within the window's length (|offset| < window: a shift beyond it would see only audio outside
+    the row), one of them 0 (the window on the row: the one the deadline guard keeps last), weights > 0."""
     if d is None:
         return (Shift(),)
     if not isinstance(d, list) or not d:
@@ -186,12 +196,20 @@ def _parse_shifts(d: Any, where: str, row_s: float) -> tuple[Shift, ...]:
         if not isinstance(item, dict):
             raise InvalidFieldError(f'{at} must be {{"offset_s": s, "weight": w}}')
         offset = number(get_field(item, "offset_s", at), f"{at}.offset_s")
-        if abs(offset) >= 10 * row_s:
-            raise InvalidFieldError(f"{at}.offset_s {offset:g} s is more than 10 rows; shifts move a window a little")
+        if abs(offset) >= window_s:
+            raise InvalidFieldError(
+                f"{at}.offset_s {offset:g} s is not within the window's length ({window_s:g} s): a window moved that "
+                "far sees none of its row; shifts move a window a little (|offset| < window)"
+            )
         out.append(Shift(offset_s=offset, weight=positive(item.get("weight", 1.0), f"{at}.weight")))
     offsets = [s.offset_s for s in out]
     if len(set(offsets)) != len(offsets):
         raise InvalidFieldError(f"{where}: shifts repeat an offset: {offsets}")
+    if 0 not in offsets:
+        raise InvalidFieldError(
+            f"{where}: shifts {offsets} hold no offset 0: list the window on its row too (offset 0), the one the "
+            "deadline guard keeps when it must drop shifts"
+        )
     return tuple(out)
 
 

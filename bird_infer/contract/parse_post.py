@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import fields
 from typing import Any
 
 from bird_infer.contract.errors import InvalidFieldError
 from bird_infer.contract.fields import bundle_path, choice, get_field, number, positive
+from bird_infer.contract.name_pattern import NamePattern
 from bird_infer.contract.postprocess import (
     BLEND_RULES,
     FILE_SCALE_MODES,
@@ -126,10 +126,7 @@ def _step(d: Any, i: int, groups: dict[str, tuple[str, ...]]) -> Step:
             group=_group(d.get("group"), groups, f"{where}.group"),
         )
     pattern = get_field(d, "pattern", where, step_doc(kind))
-    try:
-        named = set(re.compile(pattern).groupindex) if isinstance(pattern, str) else None
-    except re.error as e:
-        raise InvalidFieldError(f"{where}.pattern is not a regular expression: {e}") from e
+    named = set(NamePattern.compile(pattern, f"{where}.pattern").groupindex) if isinstance(pattern, str) else None
     if not named:
         raise InvalidFieldError(f"{where}.pattern must hold named groups, e.g. (?P<site>...), got {pattern!r}")
     table, sha = get_field(d, "table", where), get_field(d, "sha256", where, "the table's sha256")

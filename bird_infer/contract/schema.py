@@ -263,7 +263,9 @@ class Member:
     """The log-mel computed before the model, or None: the model takes the waveform (features inside)."""
     folds: tuple[FoldSpec, ...]
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig | None = None
+    """What the torch side needs to rebuild a fold (the exporter writes it); None for a member added from an ONNX
+    file (``add-member``), which says nothing it was not told."""
     weight: float = 1.0
     """Weight of this member in the bundle's weighted mean (over the members that have the label)."""
     birdnet: BirdnetSpec | None = None

@@ -18,6 +18,7 @@ from bird_infer.outputs.names import unique_stems
 from bird_infer.outputs.place import check_output, estimate_csv_bytes, write_outputs
 from bird_infer.outputs.report import NOT_LISTED, settle, unit_name, unlisted_entries
 from bird_infer.outputs.submission import build_submission
+from bird_infer.run.deadline import Deadline
 from bird_infer.run.options import RunOptions, keeps_member_rows
 from bird_infer.run.outcomes import FileResult, StageTimes
 from bird_infer.run.plan import iter_outcomes, plan_run
@@ -88,15 +89,18 @@ def run_predict(
     plan_s = time.perf_counter() - plan.started
     manifest = plan.manifest
     if keeps_member_rows(manifest, plan.options):  # a rank blend: every row first, then blend and post-process
-        store = MemberRows(Path(out).parent, int(plan.options.member_rows_ram_mb * 2**20))
+        expected = sum(plan.rows) * len(manifest.labels) * len(manifest.members) * 4
+        store = MemberRows(Path(out).parent, int(plan.options.member_rows_ram_mb * 2**20), expected)
+        stop_at = plan.started + Deadline(plan.time_limit_s).stop_s if plan.time_limit_s else None
         try:
+            store.check_room()  # before any audio: where the rows will fit, or one error line
             by_path = {}
             for path, outcome in iter_outcomes(plan):
                 if isinstance(outcome, FileResult) and outcome.member_probs is not None:
                     store.add(path, outcome.member_probs)
                     outcome = dataclasses.replace(outcome, member_probs=None)
                 by_path[path] = outcome
-            by_path = finish(by_path, store, manifest, PostProcessor(manifest))
+            by_path = finish(by_path, store, manifest, PostProcessor(manifest), stop_at)
         finally:
             store.close()
     else:

@@ -8,9 +8,12 @@
   that decodes is predicted, the rest of the length its header claims holds the fallback, as do chunks
   on which no fold was finite), ``folds_excluded`` (a fold's NaN or inf outputs left out),
   ``reduced_folds`` (fewer folds than the manifest has, chosen by the deadline guard),
-  ``prior_unmatched`` (a ``prior`` post-processing step found no row for the file's name: its rows were left
-  unchanged), ``header_ignored`` (a header length not believed; every row predicted) or ``not_listed`` (a
-  folder under ``--audio`` that could not be listed: ``file`` is the folder; its audio is unknown);
+  ``postprocess_skipped`` (the time limit's hard stop came before the file's post-processing, done after the
+  last file for a rank blend: its rows are the blend),
+  ``prior_unmatched`` (a ``prior`` post-processing step found no row for the file's name, or its name took too
+  long to match: its rows were left unchanged), ``header_ignored`` (a header length not believed; every row
+  predicted) or ``not_listed`` (a folder under ``--audio`` that could not be listed: ``file`` is the folder; its
+  audio is unknown);
 - ``reason``: why (the exception, a dead worker, the time limit); ``attempts``; ``rows``; ``folds``.
 
 The report is written on every run, with only its header when nothing went wrong, so an old report
@@ -101,6 +104,8 @@ def settle(
             outcome = "folds_excluded"
         elif r.n_folds < n_folds:
             outcome = "reduced_folds"
+        elif r.postprocess_skipped:
+            outcome = "postprocess_skipped"
         elif r.prior_unmatched:
             outcome = "prior_unmatched"
         else:

@@ -110,6 +110,11 @@ class TaskBook:
         else:
             self.finish(i, FileFailure(self.paths[i], f"{WORKER_HUNG} ({what} for {seconds:.0f} s)"))
 
+    def requeue(self, i: int) -> None:
+        """Task ``i`` is handed out again, uncharged: its pool was replaced through no fault of its own."""
+        self.attempts[i] -= 1
+        self.queue.appendleft(i)
+
     def next_index(self) -> int | None:
         if self.suspects:
             return self.suspects.popleft()

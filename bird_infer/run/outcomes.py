@@ -68,6 +68,9 @@ class FileResult:
     machine, so that the run can say how long it took to reach its first chunk."""
     prior_unmatched: bool = False
     """A ``prior`` step found no row of its table for this file's name: its rows were left unchanged."""
+    postprocess_skipped: bool = False
+    """The post-processing steps were skipped: the time limit's hard stop came before this file's turn after the
+    last file (a rank blend); its rows are the blend, clipped."""
     analysis: Any = None
     """``bird-infer analyze``: the file's :class:`~bird_infer.contract.analyze.FileAnalysis` (its segments, not
     rows: ``probs`` is then empty)."""

@@ -12,6 +12,12 @@
 - At the deadline's hard stop the workers are killed and what is unfinished is reported.
 - Workers die with the parent (SIGTERM, SIGKILL) and ignore Ctrl-C, which the parent handles: it kills
   them at once, and a second Ctrl-C during that clean-up ends the process immediately.
+- A worker that stalls while idle, or in its start-up, is found by its heartbeat too
+  (:mod:`bird_infer.run.heartbeat`): when tasks wait that no worker takes, the pool is replaced and the tasks
+  handed out again, nobody charged.
+- However the run ends (its last file, an error, the hard stop), the run itself ends its workers: SIGTERM, then
+  SIGKILL after :data:`END_GRACE_S`. Nothing is left to the interpreter's exit, which would wait for ever on a
+  stopped worker.
 
 Every file ends as a FileResult or a FileFailure; nothing deadlocks and nothing is silently dropped.
 """
@@ -40,6 +46,8 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_POLL_S = 1.0
 """How often the parent looks at the workers' heartbeats while files are in flight."""
+END_GRACE_S = 2.0
+"""Seconds the workers get to end after SIGTERM when the run ends, before SIGKILL."""
 
 
 def run_in_process(book: TaskBook, manifest: Manifest) -> Iterator[tuple[int, Outcome]]:
@@ -64,13 +72,17 @@ def _new_pool(workers: int, manifest: Manifest, options: RunOptions) -> tuple[Pr
     return pool, beats
 
 
+def _stall_bound(beats: Heartbeats, options: RunOptions, restarts: int = 0) -> float:
+    """Silence taken for a stall: ``max(stall_floor_s, stall_factor x`` the slowest block seen), doubled for each
+    time this run already replaced a pool whose queue was held (a bound that fired wrongly never loops)."""
+    return max(options.stall_floor_s, options.stall_factor * beats.slowest_block_s()) * 2**restarts
+
+
 def _stalled(
-    in_flight: dict[Future[Outcome], tuple[int, float]], beats: Heartbeats, options: RunOptions, now: float
+    in_flight: dict[Future[Outcome], tuple[int, float]], beats: Heartbeats, bound: float, now: float
 ) -> tuple[Future[Outcome], int, float] | None:
-    """A task whose worker has been silent longer than the stall bound (:mod:`bird_infer.run.heartbeat`): its
-    future, index and seconds of silence; None when every worker is beating. Silence counts from the task's
-    start in a worker: a pool still starting (spawning, building sessions) is left to the per-file timeout."""
-    bound = max(options.stall_floor_s, options.stall_factor * beats.slowest_block_s())
+    """A task whose worker has been silent longer than ``bound``: its future, index and seconds of silence; None
+    when every worker running a task is beating."""
     for fut, (i, _t0) in in_flight.items():
         last = beats.last_beat(i)
         if last is not None and now - last > bound:
@@ -78,15 +90,68 @@ def _stalled(
     return None
 
 
+def _queue_held(
+    in_flight: dict[Future[Outcome], tuple[int, float]], beats: Heartbeats, bound: float, now: float
+) -> float | None:
+    """Seconds a task has waited untaken while a started worker sat idle, both longer than ``bound``: a worker that
+    stalled while waiting for work holds the pool's queue (its read lock), so no other worker can take a task.
+    None otherwise."""
+    waiting = [now - t0 for i, t0 in in_flight.values() if beats.last_beat(i) is None]
+    idle = [now - t for t in beats.idle_since()]
+    if waiting and idle and min(max(waiting), max(idle)) > bound:
+        return max(waiting)
+    return None
+
+
+def _note_slow_starts(beats: Heartbeats, bound: float, named: set[int]) -> None:
+    """Name once in the log each worker whose start-up has lasted ``bound`` past the slowest finished one (the
+    others take its files; the run ends it at the end)."""
+    done = beats.startup_s()
+    if done is None:
+        return
+    for pid, seconds in beats.starting():
+        if seconds > done + bound and pid not in named:
+            named.add(pid)
+            log.warning(
+                "worker %s has not finished its start-up after %.0f s (the others took %.0f s): the other workers "
+                "take its files",
+                pid or "(not yet started)",
+                seconds,
+                done,
+            )
+
+
+def _pool_processes(pool: ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:
+    # Python 3.14 has terminate_workers(); before it, the process table is only reachable privately.
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
 def _kill_pool(pool: ProcessPoolExecutor) -> None:
     """Stop a pool now, running tasks included (shutdown alone would wait for them)."""
-    # Python 3.14 has terminate_workers(); before it, the process table is only reachable privately.
-    processes = list((getattr(pool, "_processes", None) or {}).values())
+    processes = _pool_processes(pool)
     for p in processes:
         p.kill()
     for p in processes:
         p.join(timeout=5)
     pool.shutdown(wait=False, cancel_futures=True)
+
+
+def end_pool(pool: ProcessPoolExecutor, grace_s: float = END_GRACE_S) -> None:
+    """End a pool whose work is over: nothing queued is started, every worker gets SIGTERM, and SIGKILL after
+    ``grace_s`` (a stopped worker never acts on SIGTERM, and would keep the interpreter's exit waiting on it)."""
+    processes = _pool_processes(pool)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    t_end = time.monotonic() + grace_s
+    for p in processes:
+        p.join(timeout=max(0.0, t_end - time.monotonic()))
+    for p in processes:
+        if p.is_alive():
+            p.kill()
+    for p in processes:
+        p.join(timeout=5)
 
 
 def run_in_pool(book: TaskBook, manifest: Manifest, workers: int, rows: Sequence[int]) -> Iterator[tuple[int, Outcome]]:
@@ -95,6 +160,8 @@ def run_in_pool(book: TaskBook, manifest: Manifest, workers: int, rows: Sequence
     pool, beats = _new_pool(workers, manifest, book.options)
     timeouts = HangTimeouts(book.options, rows)
     in_flight: dict[Future[Outcome], tuple[int, float]] = {}  # future -> (file index, submitted at)
+    restarts = 0  # pools replaced because an idle worker held the queue
+    slow_starts: set[int] = set()
     try:
         while True:
             if book.must_stop():
@@ -141,8 +208,24 @@ def run_in_pool(book: TaskBook, manifest: Manifest, workers: int, rows: Sequence
                 if not done:
                     now = time.monotonic()
                     late = [(fut, i, t0) for fut, (i, t0) in in_flight.items() if now - t0 > timeouts.limit_s(i)]
-                    stall = _stalled(in_flight, beats, book.options, now)
-                    if stall is not None:
+                    bound = _stall_bound(beats, book.options, restarts)
+                    stall = _stalled(in_flight, beats, bound, now)
+                    held = _queue_held(in_flight, beats, bound, now) if stall is None else None
+                    _note_slow_starts(beats, bound, slow_starts)
+                    if held is not None:
+                        log.warning(
+                            "%d file(s) waited %.0f s while a worker sat idle: a worker stalled while waiting for "
+                            "work; starting a new pool, nobody charged",
+                            len(in_flight),
+                            held,
+                        )
+                        for i, _t0 in in_flight.values():
+                            book.requeue(i)
+                        in_flight.clear()
+                        restarts += 1
+                        _kill_pool(pool)
+                        pool, beats = _new_pool(workers, manifest, book.options)
+                    elif stall is not None:
                         fut, hung, silent = stall
                         del in_flight[fut]
                         log.warning(
@@ -177,4 +260,4 @@ def run_in_pool(book: TaskBook, manifest: Manifest, workers: int, rows: Sequence
         _kill_pool(pool)
         raise
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        end_pool(pool)

@@ -17,7 +17,6 @@ order, then clips into ``[0, PROB_MAX]``.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.files import PriorTable, load_prior_table
+from bird_infer.contract.name_pattern import NamePattern, PatternTimeoutError
 from bird_infer.contract.postprocess import FileMaxMix, FileScale, Prior, Smooth, Step
 from bird_infer.contract.schema import PROB_MAX
 
@@ -93,15 +93,22 @@ class _Lookup:
     """A prior step ready to use: its compiled pattern and its table as arrays."""
 
     step: Prior
-    pattern: re.Pattern
+    pattern: NamePattern
     keys: tuple[str, ...]
     rows: dict[tuple[str, ...], np.ndarray]
 
-    def prior_for(self, path: Path) -> np.ndarray | None:
-        m = self.pattern.search(path.stem)
+    def prior_for(self, path: Path) -> tuple[np.ndarray | None, str]:
+        """The file's prior row, or None and why not: no match, no row for its groups, or a match that ran past
+        the bound (:mod:`bird_infer.contract.name_pattern`)."""
+        try:
+            m = self.pattern.search(path.stem)
+        except PatternTimeoutError as e:
+            return None, str(e)
         if m is None:
-            return None
-        return self.rows.get(tuple(m.group(k) or "" for k in self.keys))
+            return None, f"the name {path.stem!r} does not match {self.pattern.text!r}"
+        key = tuple(m.group(k) or "" for k in self.keys)
+        row = self.rows.get(key)
+        return row, "" if row is not None else f"no row for the name {path.stem!r} (keys {key})"
 
 
 class PostProcessor:
@@ -117,7 +124,8 @@ class PostProcessor:
             if isinstance(step, Prior):
                 table: PriorTable = load_prior_table(manifest, step)
                 rows = {k: np.asarray(v, dtype=np.float32) for k, v in table.rows.items()}
-                self.lookups[i] = _Lookup(step, re.compile(step.pattern), table.keys, rows)
+                pattern = NamePattern.compile(step.pattern, check=False)  # checked at parse; bounded at each match
+                self.lookups[i] = _Lookup(step, pattern, table.keys, rows)
 
     @property
     def active(self) -> bool:
@@ -138,9 +146,9 @@ class PostProcessor:
                 out = _on_columns(out, cols, lambda p, s=step: file_scale(p, valid, s.gamma, s.mode, s.k))
             else:
                 lookup = self.lookups.get(i) if steps is None else self._lookup(step)
-                prior = lookup.prior_for(path) if lookup is not None else None
+                prior, why = lookup.prior_for(path) if lookup is not None else (None, "no table")
                 if prior is None:
-                    notes.append(f"prior {step.table}: no row for the name {path.stem!r}; rows left unchanged")
+                    notes.append(f"prior {step.table}: {why}; rows left unchanged")
                 else:
                     out = apply_prior(out, valid, prior, step.beta)
         return np.where(valid[:, None], np.clip(out, 0.0, PROB_MAX), out).astype(np.float32), notes

@@ -62,14 +62,16 @@ def init_worker(
     global _WORKER_PREDICTOR, _WORKER_BEAT, _WORKER_ERROR
     if parent_pid is not None:
         die_with_parent(parent_pid)
+    if beats is not None:  # claimed first: a worker that stalls in its start-up is seen from its spawn
+        _WORKER_BEAT = WorkerBeat(beats)
     try:
         _WORKER_PREDICTOR = make_predictor(manifest, options)
     except Exception as e:  # reported with each task (see _WORKER_ERROR)
         _WORKER_ERROR = f"the worker could not load the models: {describe_exception(e)}"
-        return
-    if beats is not None:
-        _WORKER_BEAT = WorkerBeat(beats)
-        _WORKER_PREDICTOR.on_block = _WORKER_BEAT.block
+    if _WORKER_BEAT is not None:
+        if _WORKER_PREDICTOR is not None:
+            _WORKER_PREDICTOR.on_block = _WORKER_BEAT.block
+        _WORKER_BEAT.ready()
 
 
 def predict_in_worker(path: Path, n_folds: int | None, start: int = 0, end: int | None = None, task: int = -1):

@@ -41,8 +41,10 @@ from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import AddMemberError, AudioDecodeError
 from bird_infer.contract.files import onnx_dims, sha256_file
 from bird_infer.contract.manifest import load_manifest, manifest_from_dict, write_manifest
+from bird_infer.contract.parse import check_labels
 from bird_infer.contract.schema import (
     ACTIVATIONS,
+    MANIFEST_NAME,
     AudioConfig,
     EnsembleConfig,
     FrontendConfig,
@@ -100,6 +102,10 @@ class AddMemberResult:
     """min and max of the chosen output on the check rows (before the activation)."""
     spread: float
     """Largest range over the check rows of any member label's probability (how much it responds)."""
+    ignored_labels: tuple[str, ...] = ()
+    """Those labels, in the model's order."""
+    uncovered: tuple[str, ...] = ()
+    """Bundle labels no member predicts yet (a bundle being built; it runs once there are none)."""
 
 
 def read_label_map(path: str | Path, model_labels: Sequence[str], bundle_labels: Sequence[str]) -> dict[str, str]:
@@ -256,8 +262,6 @@ def build_member(req: MemberRequest, bundle: Manifest) -> tuple[dict, int]:
         )
     if req.shifts != (Shift(),):
         d["shifts"] = [dataclasses.asdict(s) for s in req.shifts]
-    if req.framewise:  # a frame-wise member runs its frames (segmentwise); clipwise states the label width
-        fold["clipwise"] = {"name": req.output, "shape": ["batch", width]}
     return d, len(model_labels) - len(labels)
 
 
@@ -313,9 +317,41 @@ def check_on_audio(
     return (lo, hi), spread
 
 
+def new_bundle(folder: str | Path, labels: Sequence[str], row_s: float = 5.0, description: str = "") -> Path:
+    """Start a bundle in ``folder`` (made, or empty): a manifest with ``labels`` and no member yet, for
+    :func:`add_member` to fill. Returns the manifest's path. Raises AddMemberError (a folder that holds files),
+    InvalidFieldError (the labels)."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        what = "holds a bundle" if (folder / MANIFEST_NAME).exists() else "is not an empty folder"
+        raise AddMemberError(f"{folder} {what}; start a new bundle in a new or empty folder")
+    data = {
+        "schema_version": 2,
+        "description": description,
+        "labels": list(check_labels(list(labels), "the bundle's labels")),
+        "row_s": row_s,
+        "members": [],
+    }
+    manifest = manifest_from_dict(data, root=folder.absolute(), building=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_manifest(manifest, folder)
+
+
+def open_bundle(bundle: str | Path) -> Manifest:
+    """The bundle add-member adds to (one being built included); a folder without a manifest is told how to start
+    one."""
+    if not (Path(bundle) / MANIFEST_NAME).exists():
+        raise AddMemberError(
+            f"no {MANIFEST_NAME} in {bundle}: start a bundle there with `bird-infer new-bundle {bundle} --labels "
+            "labels.txt` (or --sample-submission sample_submission.csv), then add members"
+        )
+    return load_manifest(bundle, building=True)
+
+
 def add_member(bundle: str | Path, req: MemberRequest, check_audio: Sequence[str | Path]) -> AddMemberResult:
-    """Add the member ``req`` describes to the bundle in ``bundle`` (see the module docstring)."""
-    manifest = load_manifest(bundle)
+    """Add the member ``req`` describes to the bundle in ``bundle`` (see the module docstring). The bundle may be
+    one being built (:func:`new_bundle`): labels no member predicts yet are allowed until it is run or packed."""
+    manifest = open_bundle(bundle)
     if any(m.name == req.name for m in manifest.members):
         raise AddMemberError(f"the bundle already has a member named {req.name!r}; choose another --name")
     target = manifest.root / f"{req.name}.onnx"
@@ -324,7 +360,7 @@ def add_member(bundle: str | Path, req: MemberRequest, check_audio: Sequence[str
     d, ignored = build_member(req, manifest)
     data = json.loads(json.dumps(manifest.to_dict()))  # as the file holds it (lists, not tuples)
     data["members"].append(d)
-    new = manifest_from_dict(data, root=manifest.root)  # every static check, before any audio
+    new = manifest_from_dict(data, root=manifest.root, building=True)  # every static check, before any audio
     member = new.member(req.name)
     with tempfile.TemporaryDirectory() as tmp:  # the bundle as it will be, nothing written into it yet
         staged = Path(tmp)
@@ -334,5 +370,21 @@ def add_member(bundle: str | Path, req: MemberRequest, check_audio: Sequence[str
         shutil.copy2(req.onnx, staged / target.name)
         output_range, spread = check_on_audio(member, dataclasses.replace(new, root=staged), check_audio)
     shutil.copy2(req.onnx, target)
-    write_manifest(new, manifest.root)
-    return AddMemberResult(load_manifest(manifest.root), member, len(member.labels), ignored, output_range, spread)
+    try:
+        write_manifest(new, manifest.root)
+    except BaseException:
+        target.unlink(missing_ok=True)  # the bundle as it was: no model file without its manifest entry
+        raise
+    model_labels = list(req.labels) if req.labels is not None else list(manifest.labels)
+    kept = {model_labels[k] for k in (member.output_index or range(len(member.labels)))}
+    covered = {x for m in new.members for x in m.labels}
+    return AddMemberResult(
+        load_manifest(manifest.root, building=True),
+        member,
+        len(member.labels),
+        ignored,
+        output_range,
+        spread,
+        tuple(x for x in model_labels if x not in kept),
+        tuple(x for x in new.labels if x not in covered),
+    )

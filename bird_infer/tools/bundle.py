@@ -32,7 +32,7 @@ from bird_infer.contract.manifest import load_manifest
 
 log = logging.getLogger(__name__)
 
-RUNTIME_PACKAGES = ("onnxruntime", "onnx", "soxr", "soundfile")
+RUNTIME_PACKAGES = ("onnxruntime", "onnx", "soxr", "soundfile", "regex")
 DEFAULT_EXTRAS = ("openvino",)
 """Engines a bundle carries unless told not to: OpenVINO, so that ``--precision auto`` can choose it (fp32, or bf16
 where the notebook's CPU has it) on whatever CPU the notebook gets."""
