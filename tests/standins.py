@@ -33,8 +33,9 @@ def _save(nodes, inputs, outputs, weights: dict[str, np.ndarray], path: Path) ->
     return path
 
 
-def perch_standin(path: Path, n_classes: int, dim: int = 64, seed: int = 0) -> Path:
-    """``inputs`` (batch, 160000) -> ``embedding`` (batch, dim), ``label`` (batch, n_classes) logits."""
+def perch_standin(path: Path, n_classes: int, dim: int = 64, seed: int = 0, logit_scale: float = 1.0) -> Path:
+    """``inputs`` (batch, 160000) -> ``embedding`` (batch, dim), ``label`` (batch, n_classes) logits (their spread
+    times ``logit_scale``)."""
     rng = np.random.default_rng(seed)
     frames, hop = 500, PERCH_SAMPLES // 500
     weights = {
@@ -42,8 +43,8 @@ def perch_standin(path: Path, n_classes: int, dim: int = 64, seed: int = 0) -> P
         "eps": np.array([1e-6]),
         "w1": rng.normal(0, 0.3, (frames, dim)),
         "b1": rng.normal(0, 0.1, dim),
-        "w2": rng.normal(0, 1.0, (dim, n_classes)),
-        "b2": rng.normal(-1.0, 0.5, n_classes),
+        "w2": rng.normal(0, 1.0, (dim, n_classes)) * logit_scale,
+        "b2": rng.normal(-1.0, 0.5, n_classes) * logit_scale,
     }
     nodes = [
         helper.make_node("Cast", ["shape"], ["shape64"], to=TensorProto.INT64),
@@ -82,7 +83,8 @@ def head_standin(path: Path, dim: int, n_out: int, seed: int = 1) -> Path:
 
 def framewise_standin(path: Path, n_labels: int, samples: int, frames: int = 25, seed: int = 2) -> Path:
     """A frame-wise SED on the waveform, made without torch: ``wave`` (batch, samples) -> ``frames`` (batch, frames,
-    n_labels) = sigmoid of each frame's log energy and mean |x| through a linear layer (time on axis 1)."""
+    n_labels) = sigmoid of each frame's log energy and mean |x| through a linear layer (time on axis 1); and ``clip``
+    (batch, n_labels), the sigmoid of the frames' mean logit."""
     rng = np.random.default_rng(seed)
     weights = {
         "shape": np.array([0, frames, samples // frames], dtype=np.float32),
@@ -104,6 +106,13 @@ def framewise_standin(path: Path, n_labels: int, samples: int, frames: int = 25,
         helper.make_node("Add", ["h", "b"], ["logits"]),
         helper.make_node("Sigmoid", ["logits"], ["frames"]),
     ]
+    nodes += [
+        helper.make_node("ReduceMean", ["logits"], ["mean_logits"], axes=[1], keepdims=0),
+        helper.make_node("Sigmoid", ["mean_logits"], ["clip"]),
+    ]
     inputs = [helper.make_tensor_value_info("wave", TensorProto.FLOAT, ["batch", samples])]
-    outputs = [helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["batch", frames, n_labels])]
+    outputs = [
+        helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["batch", frames, n_labels]),
+        helper.make_tensor_value_info("clip", TensorProto.FLOAT, ["batch", n_labels]),
+    ]
     return _save(nodes, inputs, outputs, weights, path)

@@ -89,8 +89,9 @@ def stft_window(fe: FrontendConfig) -> np.ndarray:
 NORMALIZE_EPS = 1e-6  # guards the division for constant chunks (digital silence)
 
 
-def normalize_db(db: np.ndarray, mode: str) -> np.ndarray:
-    """Per-chunk scaling of a dB batch (batch, n_mels, frames), in place where possible."""
+def normalize_db(db: np.ndarray, mode: str, ddof: int = 0) -> np.ndarray:
+    """Per-chunk scaling of a dB batch (batch, n_mels, frames), in place where possible (``ddof``: the std's, 0
+    population, 1 unbiased as torch.std)."""
     if mode == "none":
         return db
     if mode == "minmax":
@@ -98,7 +99,7 @@ def normalize_db(db: np.ndarray, mode: str) -> np.ndarray:
         hi = db.max(axis=(1, 2), keepdims=True)
         return (db - lo) / np.maximum(hi - lo, NORMALIZE_EPS)
     mean = db.mean(axis=(1, 2), keepdims=True)
-    std = db.std(axis=(1, 2), keepdims=True)  # population std (ddof 0), as the torch side
+    std = db.std(axis=(1, 2), keepdims=True, ddof=ddof)  # ddof 0 (population) unless the training used torch.std
     return (db - mean) / (std + NORMALIZE_EPS)
 
 
@@ -125,14 +126,26 @@ class LogMelFrontend:
             waves = waves[None, :]
         if waves.ndim != 2:
             raise ValueError(f"waves must be (batch, samples), got shape {waves.shape}")
-        n_frames = self.config.n_frames(waves.shape[1])
-        out = np.empty((waves.shape[0], self.config.n_mels, n_frames), dtype=np.float32)
+        fe = self.config
+        n_frames = fe.n_frames(waves.shape[1])
+        out = np.empty((waves.shape[0], fe.n_mels, n_frames), dtype=np.float32)
+        per_batch = fe.top_db_ref == "batch"
         for start in range(0, waves.shape[0], self.block_chunks):
             stop = start + self.block_chunks
-            out[start:stop] = self._block(waves[start:stop])
+            out[start:stop] = self._block(waves[start:stop], finish=not per_batch)
+        if not per_batch:
+            return out
+        # torchaudio's AmplitudeToDB on a (batch, mels, frames) tensor clamps at the batch's maximum: here each run
+        # of batch_rows consecutive chunks (the caller hands blocks that start at multiples of batch_rows)
+        for start in range(0, waves.shape[0], fe.batch_rows):
+            group = out[start : start + fe.batch_rows]
+            if fe.top_db is not None:
+                np.maximum(group, group.max() - np.float32(fe.top_db), out=group)
+            out[start : start + fe.batch_rows] = normalize_db(group, fe.normalize, fe.std_ddof)
         return out
 
-    def _block(self, waves: np.ndarray) -> np.ndarray:
+    def _block(self, waves: np.ndarray, finish: bool = True) -> np.ndarray:
+        """dB of a few chunks; with ``finish``, each clamped at its own maximum and normalised."""
         fe = self.config
         if fe.center:
             pad = fe.n_fft // 2
@@ -146,7 +159,9 @@ class LogMelFrontend:
         mel = np.matmul(mag, self._mel_t).transpose(0, 2, 1)  # (batch, n_mels, frames)
         db = fe.db_multiplier * np.log10(np.maximum(mel, np.float32(fe.amin)))
         db -= np.float32(fe.db_multiplier * np.log10(max(fe.amin, fe.ref)))
+        if not finish:
+            return db
         if fe.top_db is not None:
             floor = db.max(axis=(1, 2), keepdims=True) - np.float32(fe.top_db)
             db = np.maximum(db, floor)
-        return normalize_db(db, fe.normalize).astype(np.float32, copy=False)
+        return normalize_db(db, fe.normalize, fe.std_ddof).astype(np.float32, copy=False)

@@ -36,7 +36,7 @@ from bird_infer.cli.commands import (
     train_from_args,
     tune_from_args,
 )
-from bird_infer.cli.members import add_member_from_args, new_bundle_from_args
+from bird_infer.cli.members import add_member_from_args, add_stage_from_args, new_bundle_from_args
 from bird_infer.contract.errors import BirdInferError
 from bird_infer.outputs.tables import RTYPES
 from bird_infer.run.options import restore_interrupts
@@ -199,9 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     am.add_argument(
         "--label-map", type=Path, help="CSV member_label,bundle_label (labels it does not name are ignored)"
     )
+    am.add_argument(
+        "--label-reduce",
+        choices=["first", "max", "mean", "any"],
+        default="first",
+        help="several model labels onto one bundle label: keep the first (default), or all, reduced by max, mean "
+        "or any (1 - prod(1 - p))",
+    )
     am.add_argument("--framewise", action="store_true", help="the output is frame-wise (batch, labels, frames)")
     am.add_argument("--time-axis", type=int, choices=[1, 2], default=2, help="frame-wise: the frames' axis (default 2)")
-    am.add_argument("--frame-reduce", choices=["mean", "max"], default="mean", help="frame-wise: a row's frames")
+    am.add_argument(
+        "--frame-reduce",
+        choices=["mean", "max", "position_mean_max"],
+        default="mean",
+        help="frame-wise: a row's frames (position_mean_max: each frame position averaged over windows, then the max)",
+    )
     am.add_argument("--embedding", nargs="+", action="extend", help="outputs other members may read (a head's input)")
     am.add_argument("--source", help="a head: MEMBER:OUTPUT, the other member's output it takes")
     am.add_argument("--weight", type=positive_float, default=1.0, help="the member's weight (default 1)")
@@ -221,6 +233,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="real recordings to check the model on",
     )
     am.set_defaults(func=add_member_from_args)
+    st = sub.add_parser(
+        "add-stage", help="add a file-level ONNX stage (a probe with file context, a sequence head) to a bundle"
+    )
+    st.add_argument("bundle", type=Path, help="the bundle folder (holding manifest.json)")
+    st.add_argument("--onnx", type=Path, required=True, help="the stage's ONNX file (copied into the bundle)")
+    st.add_argument("--name", required=True, help="the stage's name (its file becomes NAME.onnx)")
+    st.add_argument("--output", required=True, help="the graph output used: (1, n, labels)")
+    st.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="NAME=SOURCE",
+        help="a graph input and its source: member:M, logits:M, embedding:M:OUTPUT, blend, context:GROUP or n "
+        "(repeat for each input)",
+    )
+    st.add_argument("--labels", type=Path, help="the output's labels, one per line in order (default: the bundle's)")
+    st.add_argument("--role", choices=["member", "final"], default="member", help="blended as a member, or final")
+    st.add_argument("--weight", type=positive_float, default=1.0, help="a member stage's weight (default 1)")
+    st.add_argument("--activation", choices=["none", "sigmoid"], default="none", help="sigmoid: the output is logits")
+    st.add_argument("--context-pattern", help="a regular expression with named groups, searched in each file's name")
+    st.add_argument(
+        "--context-ids",
+        action="append",
+        metavar="GROUP=CSV",
+        help="a named group's table: a CSV of value,id rows (repeat per group)",
+    )
+    st.add_argument("--context-unknown", type=int, default=-1, help="the id of an unknown value (default -1)")
+    st.set_defaults(func=add_stage_from_args)
     nb = sub.add_parser("new-bundle", help="start an empty bundle from a label list, for add-member to fill")
     nb.add_argument("bundle", type=Path, help="the folder to create (or an empty one)")
     nb_labels = nb.add_mutually_exclusive_group(required=True)

@@ -11,8 +11,10 @@ from bird_infer.contract.errors import BirdInferError
 from bird_infer.contract.parse import parse_frontend
 from bird_infer.contract.sample import read_sample_columns
 from bird_infer.contract.schema import Shift, SourceSpec
+from bird_infer.contract.stages import StageContext
 from bird_infer.contract.training_config import read_labels_file
 from bird_infer.tools.add_member import MemberRequest, add_member, new_bundle, open_bundle, read_label_map
+from bird_infer.tools.add_stage import StageRequest, add_stage, read_id_table
 
 SHIFTS_EXAMPLE = "--shifts=-1.25:1,0:2,1.25:2"
 
@@ -101,6 +103,7 @@ def add_member_from_args(args: argparse.Namespace) -> int:
         weight=args.weight,
         resampler=args.resampler,
         shifts=shifts,
+        label_reduce=args.label_reduce,
     )
     r = add_member(args.bundle, request, args.check_audio)
     print(
@@ -115,4 +118,46 @@ def add_member_from_args(args: argparse.Namespace) -> int:
             f"{len(r.uncovered)} bundle label(s) no member predicts yet (e.g. {list(r.uncovered[:10])}): add members "
             "that have them before the bundle is run or packed"
         )
+    return 0
+
+
+def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
+    """``NAME=VALUE`` items, each name once."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise BirdInferError(f"{option} takes NAME=VALUE items, got {item!r}")
+        if name in out:
+            raise BirdInferError(f"{option} names {name!r} twice")
+        out[name] = value
+    return out
+
+
+def add_stage_from_args(args: argparse.Namespace) -> int:
+    inputs = _pairs(args.input, "--input")
+    tables = _pairs(args.context_ids, "--context-ids")
+    context = None
+    if args.context_pattern or tables:
+        if not (args.context_pattern and tables):
+            raise BirdInferError("--context-pattern and --context-ids go together (the pattern's groups, their ids)")
+        ids = {group: read_id_table(path) for group, path in tables.items()}
+        context = StageContext(args.context_pattern, ids, args.context_unknown)
+    request = StageRequest(
+        onnx=args.onnx,
+        name=args.name,
+        output=args.output,
+        inputs=inputs,
+        labels=read_labels_file(args.labels) if args.labels else None,
+        role=args.role,
+        weight=args.weight,
+        activation=args.activation,
+        context=context,
+    )
+    manifest = add_stage(args.bundle, request)
+    print(
+        f"added {args.role} stage {args.name!r} to {manifest.root / 'manifest.json'}: inputs "
+        f"{', '.join(f'{k}={v}' for k, v in inputs.items())}; checked on 1 and 2000 generated rows; "
+        f"{len(manifest.stages)} stage(s)"
+    )
     return 0

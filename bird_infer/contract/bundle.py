@@ -4,13 +4,15 @@ shifts in, and the dict it is written as. Frozen, and nothing here reads files."
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bird_infer.contract.errors import ManifestError
-from bird_infer.contract.postprocess import Blend, PostProcess
+from bird_infer.contract.postprocess import Blend, PostProcess, steps_to_list
 from bird_infer.contract.schema import SCHEMA_VERSION, FoldSpec, Member, Shift, SpeciesName, fold_file
+from bird_infer.contract.stages import Stage, stages_to_list
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,23 @@ class Manifest:
     root: Path = Path(".")
     names: dict[str, SpeciesName] = field(default_factory=dict)
     """Optional scientific and common name per label; a label without an entry stands in for both."""
+    stages: tuple[Stage, ...] = ()
+    """File-level ONNX stages, run once per file in order (:mod:`bird_infer.contract.stages`)."""
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows a decoded block must be a multiple of (and start at), so that a front-end's ``top_db_ref: batch``
+        groups rows as training did: the least common multiple of those front-ends' ``batch_rows`` (1: none)."""
+        rows = 1
+        for m in self.members:
+            if m.frontend is not None and m.frontend.top_db_ref == "batch":
+                rows = math.lcm(rows, m.frontend.batch_rows)
+        return rows
+
+    @property
+    def member_stages(self) -> tuple[Stage, ...]:
+        """The stages blended as members (after the members, in the stack's order)."""
+        return tuple(s for s in self.stages if s.role == "member")
 
     def species_name(self, label: str) -> SpeciesName:
         """The label's names, or the label itself as both."""
@@ -137,12 +156,18 @@ class Manifest:
                 if d[key] is None:
                     d.pop(key)
             if m.output_index is not None:
-                d["output_index"] = list(m.output_index)
+                d["output_index"] = [list(e) if isinstance(e, tuple) else e for e in m.output_index]
             if m.source is not None:  # a head's audio and input are its source's
                 for key in ("audio", "frontend", "head_dim"):
                     d.pop(key, None)
             if m.shifts == (Shift(),):
                 d.pop("shifts")
+            if m.steps:
+                d["steps"] = steps_to_list(m.steps)
+            else:
+                d.pop("steps")
+            if m.label_reduce == "first":
+                d.pop("label_reduce")
             for f in d["folds"]:
                 if not f["embeddings"]:
                     f.pop("embeddings")
@@ -159,4 +184,5 @@ class Manifest:
             **({"label_groups": {k: list(v) for k, v in self.label_groups.items()}} if self.label_groups else {}),
             "drop_order": list(self.drop_order),
             **({"names": {k: asdict(v) for k, v in self.names.items()}} if self.names else {}),
+            **({"stages": stages_to_list(self.stages)} if self.stages else {}),
         }

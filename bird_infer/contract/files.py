@@ -22,6 +22,7 @@ from bird_infer.contract.errors import (
 from bird_infer.contract.name_pattern import NamePattern
 from bird_infer.contract.postprocess import Prior
 from bird_infer.contract.schema import FoldSpec, Member
+from bird_infer.contract.stages import Stage
 from bird_infer.contract.text import describe_exception
 
 
@@ -99,9 +100,37 @@ def verify_files(m: Manifest) -> None:
         if fold.int8 is not None:
             for name, sha in ((fold.int8.file, fold.int8.sha256), (fold.int8.weights, fold.int8.weights_sha256)):
                 _check_int8_file(m.root / name, sha, fold.name)
-    for step in m.postprocess.steps:
+    for step in (*m.postprocess.steps, *(s for mem in m.members for s in mem.steps)):
         if isinstance(step, Prior):
             load_prior_table(m, step)
+    for stage in m.stages:
+        check_stage_file(m, stage)
+
+
+def check_stage_file(m: Manifest, stage: Stage) -> None:
+    """A stage's file: present, its sha256 as recorded, its graph's inputs exactly those the manifest feeds, its
+    output there."""
+    import onnx  # deferred, as for folds
+
+    path = m.root / stage.file
+    where = f"stage {stage.name}"
+    if not path.is_file():
+        raise ModelFileMissingError(f"{where}: its file {path} is missing; copy it next to manifest.json")
+    digest = sha256_file(path)
+    if digest != stage.sha256:
+        raise ChecksumMismatchError(f"{where}: {path.name} has sha256 {digest} but the manifest records {stage.sha256}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and others: any failure means an unusable file
+        raise ModelShapeError(f"{where}: {path} is not a readable ONNX model ({describe_exception(e)})") from e
+    init = {i.name for i in model.graph.initializer}
+    graph_inputs = sorted(i.name for i in model.graph.input if i.name not in init)
+    fed = sorted(i.name for i in stage.inputs)
+    if graph_inputs != fed:
+        raise ModelShapeError(f"{where}: the graph's inputs are {graph_inputs}; the manifest feeds {fed}")
+    outputs = [o.name for o in model.graph.output]
+    if stage.output not in outputs:
+        raise ModelShapeError(f"{where}: the graph has no output {stage.output!r} (it has {outputs})")
 
 
 def _check_int8_file(path: Path, sha: str, fold: str) -> None:

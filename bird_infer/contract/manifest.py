@@ -30,6 +30,7 @@ from bird_infer.contract.parse import check_labels
 from bird_infer.contract.parse_member import parse_member, resolve_heads
 from bird_infer.contract.parse_post import parse_blend, parse_label_groups, parse_postprocess
 from bird_infer.contract.schema import MANIFEST_NAME, SpeciesName
+from bird_infer.contract.stages import parse_stages
 from bird_infer.contract.text import control_chars
 
 SUPPORTED_SCHEMAS = (1, 2)
@@ -109,12 +110,15 @@ def manifest_from_dict(d: dict[str, Any], root: Path, building: bool = False) ->
             "manifest field 'members' lists no member: list at least one (a bundle started with `bird-infer "
             "new-bundle` gets its members with `bird-infer add-member`)"
         )
-    members = resolve_heads(tuple(parse_member(m, i, labels, row_s) for i, m in enumerate(raw_members)))
+    groups = parse_label_groups(d.get("label_groups", {}), labels)
+    members = resolve_heads(tuple(parse_member(m, i, labels, row_s, groups) for i, m in enumerate(raw_members)))
     names = [m.name for m in members]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise InvalidFieldError(f"member names repeat: {dup}; give each member its own name")
-    covered = {x for m in members for x in m.labels}
+    covered = {x for m in members for x in m.labels} | {
+        x for st in d.get("stages") or [] if isinstance(st, dict) for x in st.get("labels") or []
+    }
     uncovered = [x for x in labels if x not in covered]
     if uncovered and not building:
         raise InvalidFieldError(
@@ -127,19 +131,31 @@ def manifest_from_dict(d: dict[str, Any], root: Path, building: bool = False) ->
     drop_order = d.get("drop_order", [])
     if not isinstance(drop_order, list) or any(n not in names for n in drop_order):
         raise InvalidFieldError(f"drop_order must list member names {names}, got {drop_order!r}")
-    groups = parse_label_groups(d.get("label_groups", {}), labels)
+    blend = parse_blend(d.get("blend", {}), groups, names)
+    stages = parse_stages(
+        d.get("stages"),
+        labels,
+        {m.name: m.labels for m in members},
+        {f"{m.name}:{e.name}" for m in members if m.source is None for e in m.folds[0].embeddings},
+    )
+    if blend.rule == "rank" and any(s.role == "final" for s in stages):
+        raise InvalidFieldError(
+            "a final stage runs on each file's blended rows, which a rank blend makes only once every file is in: "
+            "make the stage a member stage (role member), or use a mean or power blend"
+        )
     return Manifest(
         labels=labels,
         members=members,
         row_s=row_s,
-        postprocess=parse_postprocess(d.get("postprocess", []), groups),
-        blend=parse_blend(d.get("blend", {}), groups, names),
+        postprocess=parse_postprocess(d.get("postprocess", []), groups, labels),
+        blend=blend,
         label_groups=groups,
         drop_order=tuple(drop_order),
         description=str(d.get("description", "")),
         schema_version=int(version),
         root=root,
         names=_parse_names(d.get("names", {}), labels),
+        stages=stages,
     )
 
 

@@ -10,7 +10,7 @@ The field parsers (:func:`parse_audio`, :func:`parse_frontend`...) are shared wi
 from __future__ import annotations
 
 import math
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any
 
 from bird_infer.contract.errors import (
@@ -22,12 +22,14 @@ from bird_infer.contract.schema import (
     COMBINE_RULES,
     ENSEMBLE_OUTPUTS,
     FRAME_REDUCES,
+    INPUT_CHANNELS,
     MEL_NORMS,
     MEL_SCALES,
     NORMALIZATIONS,
     PAD_MODES,
     RESAMPLERS,
     RESERVED_COLUMN,
+    TOP_DB_REFS,
     AudioConfig,
     EnsembleConfig,
     FrontendConfig,
@@ -47,8 +49,21 @@ def parse_audio(d: Any) -> AudioConfig:
 
 
 def parse_frontend(d: Any, sample_rate: int) -> FrontendConfig:
-    v = {f.name: get_field(d, f.name, "frontend", field_doc(FrontendConfig, f.name)) for f in fields(FrontendConfig)}
+    optional = {f.name for f in fields(FrontendConfig) if f.default is not MISSING}
+    v = {
+        f.name: get_field(d, f.name, "frontend", field_doc(FrontendConfig, f.name))
+        for f in fields(FrontendConfig)
+        if f.name not in optional or f.name in d
+    }
     v.pop("kind", None)
+    if "std_ddof" in v and v["std_ddof"] not in (0, 1):
+        raise InvalidFieldError(f"frontend.std_ddof must be 0 or 1, got {v['std_ddof']!r}")
+    if "channels" in v and (isinstance(v["channels"], bool) or v["channels"] not in INPUT_CHANNELS):
+        raise InvalidFieldError(f"frontend.channels must be one of {list(INPUT_CHANNELS)}, got {v['channels']!r}")
+    if "top_db_ref" in v:
+        v["top_db_ref"] = choice(v["top_db_ref"], TOP_DB_REFS, "frontend.top_db_ref")
+    if "batch_rows" in v:
+        v["batch_rows"] = positive(v["batch_rows"], "frontend.batch_rows", int)
     for key in ("n_fft", "win_length", "hop_length", "n_mels"):
         v[key] = positive(v[key], f"frontend.{key}", int)
     for key in ("fmax", "amin", "ref", "power"):
@@ -90,8 +105,16 @@ def parse_ensemble(d: Any) -> EnsembleConfig:
         output=choice(d.get("output", "clipwise"), ENSEMBLE_OUTPUTS, "ensemble.output"),
         activation=choice(d.get("activation", "none"), ACTIVATIONS, "ensemble.activation"),
         frame_reduce=choice(d.get("frame_reduce", "mean"), FRAME_REDUCES, "ensemble.frame_reduce"),
+        mix=_unit_interval(d.get("mix", 0.5), "ensemble.mix"),
         time_axis=time_axis,
     )
+
+
+def _unit_interval(value: Any, where: str) -> float:
+    x = number(value, where)
+    if not 0 <= x <= 1:
+        raise InvalidFieldError(f"manifest field '{where}' must be in [0, 1], got {value!r}")
+    return x
 
 
 def parse_model(d: Any) -> ModelConfig:

@@ -12,8 +12,10 @@ from bird_infer.contract.birdnet import LABELS_FILE, MODEL_FILE
 from bird_infer.contract.errors import InvalidFieldError, LabelCountMismatchError, ModelShapeError
 from bird_infer.contract.fields import bundle_path, choice, get_field, number, positive
 from bird_infer.contract.parse import check_labels, parse_audio, parse_ensemble, parse_frontend, parse_model
+from bird_infer.contract.parse_post import parse_steps
 from bird_infer.contract.schema import (
     FRONTEND_KINDS,
+    LABEL_REDUCES,
     AudioConfig,
     BirdnetSpec,
     FoldSpec,
@@ -87,7 +89,9 @@ def _parse_quantized(d: Any, where: str) -> QuantizedSpec | None:
     return QuantizedSpec(**values, calibration=str(d.get("calibration", "")))
 
 
-def parse_member(d: Any, i: int, bundle_labels: tuple[str, ...], row_s: float) -> Member:
+def parse_member(
+    d: Any, i: int, bundle_labels: tuple[str, ...], row_s: float, groups: dict[str, tuple[str, ...]] | None = None
+) -> Member:
     """One member as written. A head (``source``) gets its audio and input width from its source later
     (:func:`resolve_heads`)."""
     where = f"members[{i}]"
@@ -118,7 +122,7 @@ def parse_member(d: Any, i: int, bundle_labels: tuple[str, ...], row_s: float) -
         if kind not in FRONTEND_KINDS:
             raise InvalidFieldError(f"{where}: frontend.kind is {kind!r}; use one of {list(FRONTEND_KINDS)}")
         frontend = None if kind == "waveform" else parse_frontend(fe_raw, audio.sample_rate)
-        rank = 2 if frontend is None else 3
+        rank = 2 if frontend is None else (4 if frontend.channels else 3)
     folds_raw = get_field(d, "folds", where)
     if not isinstance(folds_raw, list) or not folds_raw:
         raise InvalidFieldError(f"{where}: 'folds' must list at least one fold model")
@@ -140,6 +144,8 @@ def parse_member(d: Any, i: int, bundle_labels: tuple[str, ...], row_s: float) -
         weight=float(weight),
         birdnet=_parse_birdnet(get_field(d, "birdnet", where), labels, where) if member_kind == "birdnet" else None,
         output_index=_parse_output_index(d.get("output_index"), labels, where),
+        steps=parse_steps(d.get("steps", []), groups or {}, bundle_labels, f"{where}: steps"),
+        label_reduce=choice(d.get("label_reduce", "first"), LABEL_REDUCES, f"{where}: label_reduce"),
         source=source,
         shifts=_parse_shifts(d.get("shifts"), where, audio.clip_s),
     )
@@ -153,7 +159,7 @@ def parse_member(d: Any, i: int, bundle_labels: tuple[str, ...], row_s: float) -
 
 def _check_fold(member: Member, fold: FoldSpec) -> None:
     _check_declared_shapes(member, fold)
-    if member.ensemble.output in ("segment_max", "framewise") and fold.segmentwise is None:
+    if member.ensemble.output in ("segment_max", "framewise", "clip_segment_mix") and fold.segmentwise is None:
         raise InvalidFieldError(
             f"member {member.name!r}: ensemble.output is {member.ensemble.output!r} but fold {fold.name} declares "
             "no segmentwise output"
@@ -171,16 +177,28 @@ def _parse_source(d: Any, where: str) -> SourceSpec | None:
     return SourceSpec(member=member, output=output)
 
 
-def _parse_output_index(d: Any, labels: tuple[str, ...], where: str) -> tuple[int, ...] | None:
+def _parse_output_index(d: Any, labels: tuple[str, ...], where: str) -> tuple | None:
+    """One entry per label: the model's column, or a list of columns (several model classes standing for one label,
+    reduced by ``label_reduce``)."""
     if d is None:
         return None
-    if (
-        not isinstance(d, list)
-        or len(d) != len(labels)
-        or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in d)
-    ):
+    if not isinstance(d, list) or len(d) != len(labels):
         raise InvalidFieldError(f"{where}: output_index must give one output column (>= 0) per label ({len(labels)})")
-    return tuple(d)
+
+    def column(k: Any) -> bool:
+        return not isinstance(k, bool) and isinstance(k, int) and k >= 0
+
+    out: list = []
+    for e in d:
+        if isinstance(e, list) and e and all(column(k) for k in e):
+            out.append(tuple(e) if len(e) > 1 else e[0])
+        elif column(e):
+            out.append(e)
+        else:
+            raise InvalidFieldError(
+                f"{where}: output_index entries must be output columns (>= 0) or non-empty lists of them, got {e!r}"
+            )
+    return tuple(out)
 
 
 def _parse_shifts(d: Any, where: str, window_s: float) -> tuple[Shift, ...]:

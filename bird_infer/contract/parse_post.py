@@ -12,9 +12,12 @@ from typing import Any
 from bird_infer.contract.errors import InvalidFieldError
 from bird_infer.contract.fields import bundle_path, choice, get_field, number, positive
 from bird_infer.contract.name_pattern import NamePattern
+from bird_infer.contract.parse_steps import NEW_KINDS, parse_new_step
 from bird_infer.contract.postprocess import (
     BLEND_RULES,
     FILE_SCALE_MODES,
+    RANK_SCALES,
+    RANK_TIES,
     STEP_KINDS,
     UNMATCHED_PRIOR,
     Blend,
@@ -85,7 +88,22 @@ def parse_blend(d: Any, groups: dict[str, tuple[str, ...]], members: list[str]) 
         if strange:
             raise InvalidFieldError(f"{where} names members the bundle does not have: {strange}; it has {members}")
         weights[group] = {m: positive(w, f"{where}[{m!r}]") for m, w in per_member.items()}
-    return Blend(rule=rule, power=power, group_weights=weights)
+    clip = d.get("rank_clip")
+    if clip is not None:
+        if not isinstance(clip, list) or len(clip) != 2:
+            raise InvalidFieldError(f"blend.rank_clip must be [lo, hi] or null, got {clip!r}")
+        lo, hi = number(clip[0], "blend.rank_clip[0]"), number(clip[1], "blend.rank_clip[1]")
+        if not 0 <= lo < hi <= 1:
+            raise InvalidFieldError(f"blend.rank_clip must hold 0 <= lo < hi <= 1, got {clip!r}")
+        clip = (lo, hi)
+    return Blend(
+        rule=rule,
+        power=power,
+        group_weights=weights,
+        rank_scale=choice(d.get("rank_scale", "(rank-1)/n"), RANK_SCALES, "blend.rank_scale"),
+        rank_ties=choice(d.get("rank_ties", "average"), RANK_TIES, "blend.rank_ties"),
+        rank_clip=clip,
+    )
 
 
 def _kernel(value: Any, where: str) -> tuple[float, ...]:
@@ -97,8 +115,8 @@ def _kernel(value: Any, where: str) -> tuple[float, ...]:
     return weights
 
 
-def _step(d: Any, i: int, groups: dict[str, tuple[str, ...]]) -> Step:
-    where = f"postprocess[{i}]"
+def _step(d: Any, i: int, groups: dict[str, tuple[str, ...]], labels: tuple[str, ...], at: str = "postprocess") -> Step:
+    where = f"{at}[{i}]"
     kind = get_field(d, "step", where, f"one of {sorted(STEP_KINDS)}")
     if kind not in STEP_KINDS:
         raise InvalidFieldError(f"{where}: unknown step {kind!r}; the steps are {sorted(STEP_KINDS)}")
@@ -107,6 +125,8 @@ def _step(d: Any, i: int, groups: dict[str, tuple[str, ...]]) -> Step:
     unknown = set(d) - allowed
     if unknown:
         raise InvalidFieldError(f"{where} has unknown keys {sorted(unknown)}; its fields: {step_doc(kind)}")
+    if kind in NEW_KINDS:
+        return parse_new_step(kind, d, where, _group, _kernel, labels, groups)
     if kind == "smooth":
         kernel = _kernel(get_field(d, "kernel", where, step_doc(kind)), f"{where}.kernel")
         return Smooth(kernel=kernel, group=_group(d.get("group"), groups, f"{where}.group"))
@@ -142,7 +162,14 @@ def _step(d: Any, i: int, groups: dict[str, tuple[str, ...]]) -> Step:
     )
 
 
-def parse_postprocess(d: Any, groups: dict[str, tuple[str, ...]]) -> PostProcess:
+def parse_steps(d: Any, groups: dict[str, tuple[str, ...]], labels: tuple[str, ...], at: str) -> tuple[Step, ...]:
+    """A member's ``steps`` (``at``: where they are, for messages): a list, as ``postprocess``."""
+    if not isinstance(d, list):
+        raise InvalidFieldError(f'{at} must be a list of steps, each {{"step": ...}}')
+    return tuple(_step(s, i, groups, labels, at) for i, s in enumerate(d))
+
+
+def parse_postprocess(d: Any, groups: dict[str, tuple[str, ...]], labels: tuple[str, ...] = ()) -> PostProcess:
     """The ordered steps (a list), or schema 2's ``{"smoothing": [...], "file_max_mix": a}``."""
     if isinstance(d, dict):  # schema 2's two fields: smoothing first, then the file-max mix
         unknown = set(d) - {"smoothing", "file_max_mix"}
@@ -159,4 +186,4 @@ def parse_postprocess(d: Any, groups: dict[str, tuple[str, ...]]) -> PostProcess
         return PostProcess(tuple(steps))
     if not isinstance(d, list):
         raise InvalidFieldError("manifest field 'postprocess' must be a list of steps, each {\"step\": ...}")
-    return PostProcess(tuple(_step(s, i, groups) for i, s in enumerate(d)))
+    return PostProcess(parse_steps(d, groups, labels, "postprocess"))

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 BLEND_RULES = ("mean", "rank", "power")
+RANK_SCALES = ("(rank-1)/n", "rank/n")
+RANK_TIES = ("average", "min", "max", "dense", "first")
 FILE_SCALE_MODES = ("max", "topk")
 UNMATCHED_PRIOR = "leave"
 
@@ -35,6 +37,23 @@ class Blend:
         ),
     )
     power: float = field(default=2.0, metadata=_doc("k of the power blend (> 0); unused by the other rules."))
+    rank_scale: str = field(
+        default="(rank-1)/n",
+        metadata=_doc("rank: '(rank-1)/n' (the default, in [0, 1)) or 'rank/n' (pandas' rank(pct=True), in (0, 1])."),
+    )
+    rank_ties: str = field(
+        default="average",
+        metadata=_doc(
+            "rank: how ties rank, as pandas' rank(method=...): average (the default), min, max, dense (scaled by "
+            "the number of distinct values, as pandas does), first."
+        ),
+    )
+    rank_clip: tuple[float, float] | None = field(
+        default=None,
+        metadata=_doc(
+            "rank: [lo, hi] the probabilities are clipped into before ranking (ties form there); null: none."
+        ),
+    )
     group_weights: dict[str, dict[str, float]] = field(
         default_factory=dict,
         metadata=_doc(
@@ -114,8 +133,73 @@ class Prior:
     )
 
 
-Step = Smooth | FileMaxMix | FileScale | Prior
-STEP_KINDS: dict[str, type] = {cls.kind: cls for cls in (Smooth, FileMaxMix, FileScale, Prior)}
+@dataclass(frozen=True)
+class Gaussian:
+    """Gaussian smoothing over neighbouring rows, the file's edges padded with their own values (scipy's
+    ``gaussian_filter1d(mode="nearest")``)."""
+
+    kind: ClassVar[str] = "gaussian"
+    sigma: float = field(metadata=_doc("Standard deviation in rows (> 0)."))
+    radius: int = field(
+        default=0,
+        metadata=_doc(
+            "Rows each side the kernel reaches; 0: int(4 sigma + 0.5), as scipy's default truncate=4. Weights "
+            "w[t] = exp(-t^2 / (2 sigma^2)), normalised; a neighbour past the file's edge is the edge row; a "
+            "fallback row is left out and the weights renormalised."
+        ),
+    )
+    group: str | None = field(default=None, metadata=_doc("Only this label group's columns; null: every label."))
+
+
+@dataclass(frozen=True)
+class AdaptiveSmooth:
+    """Smoothing whose weight follows each row's maximum: a confident row is smoothed more (or less)."""
+
+    kind: ClassVar[str] = "adaptive_smooth"
+    kernel: tuple[float, ...] = field(metadata=_doc("The smoothing kernel, as the smooth step's."))
+    low: float = field(metadata=_doc("Mix weight a where the row's maximum is 0, in [0, 1]."))
+    high: float = field(
+        metadata=_doc(
+            "Mix weight where the row's maximum is 1, in [0, 1]: a = low + (high - low) max_j p[i, j] (over the "
+            "step's columns), p' = (1 - a) p + a smooth(p)."
+        )
+    )
+    group: str | None = field(default=None, metadata=_doc("Only this label group's columns; null: every label."))
+
+
+@dataclass(frozen=True)
+class Temperature:
+    """A temperature on the logit: p' = sigmoid(logit(p) / t) (p clipped into [1e-7, 1 - 1e-7] first)."""
+
+    kind: ClassVar[str] = "temperature"
+    t: float = field(metadata=_doc("The temperature (> 0): above 1 flattens, below 1 sharpens."))
+    group: str | None = field(default=None, metadata=_doc("Only this label group's columns; null: every label."))
+
+
+@dataclass(frozen=True)
+class ThresholdRemap:
+    """A per-label threshold mapped onto one value, piecewise linear: [0, th] onto [0, to], [th, 1] onto [to, 1]."""
+
+    kind: ClassVar[str] = "threshold_remap"
+    thresholds: dict[str, float] = field(
+        metadata=_doc("{label: th} with th in (0, 1); labels not named are unchanged.")
+    )
+    to: float = field(default=0.5, metadata=_doc("Where every threshold lands, in (0, 1)."))
+
+
+@dataclass(frozen=True)
+class LabelMax:
+    """Max-pooling over label groups: every label of a group takes the group's row maximum."""
+
+    kind: ClassVar[str] = "label_max"
+    groups: tuple[str, ...] = field(metadata=_doc("Names of label_groups, each pooled on its own."))
+
+
+Step = Smooth | FileMaxMix | FileScale | Prior | Gaussian | AdaptiveSmooth | Temperature | ThresholdRemap | LabelMax
+STEP_KINDS: dict[str, type] = {
+    cls.kind: cls
+    for cls in (Smooth, FileMaxMix, FileScale, Prior, Gaussian, AdaptiveSmooth, Temperature, ThresholdRemap, LabelMax)
+}
 
 
 @dataclass(frozen=True)
@@ -130,14 +214,19 @@ class PostProcess:
 
     def to_list(self) -> list[dict[str, Any]]:
         """The steps as the manifest writes them."""
-        out = []
-        for s in self.steps:
-            d: dict[str, Any] = {"step": s.kind}
-            for f in fields(s):
-                value = getattr(s, f.name)
-                d[f.name] = list(value) if isinstance(value, tuple) else value
-            out.append(d)
-        return out
+        return steps_to_list(self.steps)
+
+
+def steps_to_list(steps: tuple[Step, ...]) -> list[dict[str, Any]]:
+    """Steps as the manifest writes them (the bundle's ``postprocess``, a member's ``steps``)."""
+    out = []
+    for s in steps:
+        d: dict[str, Any] = {"step": s.kind}
+        for f in fields(s):
+            value = getattr(s, f.name)
+            d[f.name] = list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, dict) else value
+        out.append(d)
+    return out
 
 
 def step_doc(kind: str) -> str:

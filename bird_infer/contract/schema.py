@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from bird_infer.contract.birdnet import package_file
 
@@ -47,10 +48,12 @@ PAD_MODES = ("reflect", "constant")
 MEL_SCALES = ("slaney", "htk")
 MEL_NORMS = ("slaney", "none")
 NORMALIZATIONS = ("none", "minmax", "standardize")
+TOP_DB_REFS = ("chunk", "batch")
+INPUT_CHANNELS = (0, 1, 3)
 COMBINE_RULES = ("mean", "rms")
-ENSEMBLE_OUTPUTS = ("clipwise", "segment_max", "framewise")
+ENSEMBLE_OUTPUTS = ("clipwise", "segment_max", "framewise", "clip_segment_mix")
 ACTIVATIONS = ("none", "sigmoid", "softmax")
-FRAME_REDUCES = ("mean", "max")
+FRAME_REDUCES = ("mean", "max", "position_mean_max")
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,31 @@ class FrontendConfig:
         metadata=_doc(
             "Per-chunk scaling after dB: ``none``, ``minmax`` (to [0, 1]) or ``standardize`` (zero mean, unit std)."
         )
+    )
+    std_ddof: int = field(
+        default=0,
+        metadata=_doc(
+            "``standardize``'s std: 0, the population std (numpy's default); 1, the unbiased std (torch.std's "
+            "default, as a training script that calls x.std() had it)."
+        ),
+    )
+    top_db_ref: str = field(
+        default="chunk",
+        metadata=_doc(
+            "Whose maximum ``top_db`` clamps below: ``chunk``, each chunk's own (the default); ``batch``, the "
+            "maximum over each run of ``batch_rows`` consecutive rows from the file's start, as torchaudio's "
+            "AmplitudeToDB does on a (batch, mels, frames) tensor (a 2026 solution's 1-min file: 12 rows)."
+        ),
+    )
+    batch_rows: int = field(
+        default=12, metadata=_doc("``top_db_ref: batch``: rows per batch (the file's 12 rows of a 1-min file).")
+    )
+    channels: int = field(
+        default=0,
+        metadata=_doc(
+            "The model input's channel axis: 0, none, (N, mels, frames); 1, (N, 1, mels, frames); 3, the log-mel "
+            "repeated on 3 channels (N, 3, mels, frames), as ImageNet backbones were fed in training."
+        ),
     )
 
     @property
@@ -182,7 +210,8 @@ class EnsembleConfig:
     combine: str = "mean"
     """``mean`` of the folds, or ``rms`` (square root of the mean of squares)."""
     output: str = "clipwise"
-    """``clipwise`` output; ``segment_max`` (max over the segment-wise output); or ``framewise``: the
+    """``clipwise`` output; ``segment_max`` (max over the segment-wise output); ``clip_segment_mix`` (both mixed,
+    ``mix``); or ``framewise``: the
     segment-wise output's frames, spread evenly over the window, each row taking the frames whose centre falls
     inside it, from every window and shift that covers it (``frame_reduce``)."""
     activation: str = "none"
@@ -190,7 +219,12 @@ class EnsembleConfig:
     (it holds logits; softmax over every output column)."""
     frame_reduce: str = "mean"
     """``framewise``: a row's frames are averaged (``mean``, weighted by their shift's weight) or their ``max``
-    taken."""
+    taken; ``position_mean_max``: the frames of every window and shift at one frame position (the window's frame
+    grid, ``clip_s / frames`` seconds) averaged first, then the row takes the maximum over its positions (20-s
+    windows every 5 s, as a 2026 solution reduced them)."""
+    mix: float = 0.5
+    """``clip_segment_mix``: the weight of the segment-wise output's maximum over time, mixed with the clip-wise
+    output: ``(1 - mix) clipwise + mix max_t segmentwise`` (both after the activation)."""
     time_axis: int = 2
     """``framewise``: the frames' axis of the segment-wise output, 2 for (batch, labels, frames), 1 for
     (batch, frames, labels)."""
@@ -279,15 +313,24 @@ class Member:
     """Test-time shifts: each row's window moved by each offset, outputs averaged with the weights."""
     head_dim: int | None = None
     """A head's input width (the source output's last dimension)."""
+    steps: tuple[Any, ...] = ()
+    """Post-processing steps (:mod:`bird_infer.contract.postprocess`) on this member's rows before the blend:
+    smoothing, scaling, priors, temperature... each as after the blend."""
+    label_reduce: str = "first"
+    """How several model outputs mapped onto one member label (``output_index`` entries that are lists) become
+    one: ``max``, ``mean``, or ``any`` (1 - prod(1 - p): the probability that any fires); ``first`` when every
+    entry is one column."""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """The model input without the batch axis: (n_mels, frames), (samples,), or a head's (dim,)."""
+        """The model input without the batch axis: (n_mels, frames), (channels, n_mels, frames), (samples,), or
+        a head's (dim,)."""
         if self.source is not None:
             return (self.head_dim or 0,)
         if self.frontend is None:
             return (self.audio.chunk_samples,)
-        return (self.frontend.n_mels, self.frontend.n_frames(self.audio.chunk_samples))
+        mel = (self.frontend.n_mels, self.frontend.n_frames(self.audio.chunk_samples))
+        return (self.frontend.channels, *mel) if self.frontend.channels else mel
 
     def output_width(self, fold: FoldSpec, dims: tuple | None = None) -> int | str:
         """The label columns of the output this member uses (``dims``: that output's shape as the graph has it;
@@ -300,8 +343,9 @@ class Member:
     def width_problem(self, width: int | str, unit: str = "columns") -> str | None:
         """Why an output of ``width`` columns (or ``unit``) cannot give this member's labels, or None when it can."""
         if self.output_index is not None:
-            if isinstance(width, int) and self.output_index and max(self.output_index) >= width:
-                return f"output_index reaches column {max(self.output_index)} of an output with {width} columns"
+            top = max(index_columns(self.output_index), default=-1)
+            if isinstance(width, int) and top >= width:
+                return f"output_index reaches column {top} of an output with {width} columns"
             return None
         if width != len(self.labels):
             return f"{width} {unit} but the manifest lists {len(self.labels)} labels"
@@ -311,6 +355,14 @@ class Member:
     def base_shift(self) -> int:
         """The shift kept last by the deadline guard: offset 0 when listed, else the first."""
         return next((i for i, s in enumerate(self.shifts) if s.offset_s == 0), 0)
+
+
+LABEL_REDUCES = ("first", "max", "mean", "any")
+
+
+def index_columns(output_index: tuple) -> list[int]:
+    """Every model column an ``output_index`` reads (its entries are columns, or lists of columns)."""
+    return [c for e in output_index for c in (e if isinstance(e, tuple) else (e,))]
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,10 @@ class TorchLogMel(nn.Module):
         mel = torch.matmul(self.mel_fb, mag)  # (batch, n_mels, frames)
         db = fe.db_multiplier * torch.log10(torch.clamp(mel, min=fe.amin))
         db = db - fe.db_multiplier * math.log10(max(fe.amin, fe.ref))
+        if fe.top_db is not None and fe.top_db_ref == "batch":
+            # torchaudio's AmplitudeToDB on a 3-D batch: one maximum per run of batch_rows chunks
+            groups = [g.clamp(min=float(g.amax()) - fe.top_db) for g in db.split(fe.batch_rows)]
+            return torch.cat([self._normalize(g) for g in groups])
         if fe.top_db is not None:
             # Per chunk, not per batch: torchaudio's AmplitudeToDB would clamp a 3-D batch as one.
             floor = db.amax(dim=(1, 2), keepdim=True) - fe.top_db
@@ -61,5 +65,5 @@ class TorchLogMel(nn.Module):
             hi = db.amax(dim=(1, 2), keepdim=True)
             return (db - lo) / torch.clamp(hi - lo, min=NORMALIZE_EPS)
         mean = db.mean(dim=(1, 2), keepdim=True)
-        std = db.std(dim=(1, 2), keepdim=True, correction=0)
+        std = db.std(dim=(1, 2), keepdim=True, correction=self.config.std_ddof)
         return (db - mean) / (std + NORMALIZE_EPS)

@@ -19,11 +19,12 @@ from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import NonFiniteOutputError
 from bird_infer.run.book import TaskBook
 from bird_infer.run.deadline import DeadlineGuard
-from bird_infer.run.options import RunOptions, keeps_member_rows
+from bird_infer.run.options import RunOptions, aligned_blocks, keeps_member_rows
 from bird_infer.run.outcomes import FileFailure, Outcome
 from bird_infer.run.pool import run_in_pool, run_in_process
 from bird_infer.run.postprocess import PostProcessor
 from bird_infer.run.segments import Segment, assemble, plan_tasks
+from bird_infer.run.stages import file_stages
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class _Assembler:
         self.manifest = manifest
         self.keep_members = keeps_member_rows(manifest, options)
         self._post: PostProcessor | None = None
+        self._stages = None
         self.pending = Counter(s.file for s in segments)
         self.parts: dict[int, list[Outcome]] = {}
 
@@ -61,7 +63,9 @@ class _Assembler:
         if failed:
             return FileFailure(path, f"{failed[0].reason} (in rows of a segment)", attempts)
         try:
-            joined = assemble(self.manifest, path, parts, parts[0].n_folds, self.post())  # type: ignore[arg-type]
+            if self._stages is None:
+                self._stages = file_stages(self.manifest)
+            joined = assemble(self.manifest, path, parts, parts[0].n_folds, self.post(), self._stages)  # type: ignore[arg-type]
         except NonFiniteOutputError as e:
             return FileFailure(path, f"NonFiniteOutputError: {e}", attempts)
         return replace(joined, attempts=attempts)
@@ -86,7 +90,7 @@ def stream_files(
     hang timeout and, with fewer files than cores, decides which files are split across workers. Every file is
     yielded exactly once. Closing the stream early stops the workers.
     """
-    options = options or RunOptions()
+    options = aligned_blocks(manifest, options or RunOptions())
     files = [Path(p) for p in paths]
     if not files:
         return

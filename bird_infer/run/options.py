@@ -7,7 +7,7 @@ import math
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bird_infer.contract.bundle import Manifest
@@ -114,3 +114,12 @@ def restore_interrupts() -> None:
     main thread; the pool's workers ignore SIGINT on purpose (the parent decides what stops)."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def aligned_blocks(manifest: Manifest, options: RunOptions) -> RunOptions:
+    """``options`` with decoded blocks (and so split files' segments) a multiple of the manifest's ``batch_rows``:
+    a front-end that clamps per batch of rows sees the batches training saw."""
+    rows = manifest.batch_rows
+    if options.block_chunks % rows == 0:
+        return options
+    return replace(options, block_chunks=math.ceil(options.block_chunks / rows) * rows)

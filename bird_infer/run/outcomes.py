@@ -184,6 +184,8 @@ class PartResult(FileResult):
     reach the rows beside the part's own, so parts are added up before any row is final."""
     decoded_rows: int = 0
     """Rows of audio that decoded in the whole file (``reached_end`` parts only)."""
+    extra_rows: tuple[tuple[tuple[int, str], RowSums], ...] = ()
+    """((member index, output), sums): backbones' embeddings gathered onto rows, for file-level stages."""
 
 
 @dataclass(frozen=True)
@@ -196,3 +198,19 @@ class FileFailure:
 
 
 Outcome = FileResult | FileFailure
+
+
+def position_rows(sums: RowSums, n_rows: int, row_s: float, frame_s: float) -> np.ndarray:
+    """``position_mean_max``: (n_rows, labels), each row the maximum over the frame positions centred inside it of
+    their mean over windows and shifts (``sums`` holds per-position sums); NaN where no position was reached."""
+    n_positions = int(np.ceil(n_rows * row_s / frame_s)) + 1
+    means = sums.rows(n_positions)  # (positions, labels), NaN where nothing reached
+    centres = (np.arange(n_positions) + 0.5) * frame_s
+    owner = np.floor(centres / row_s + 1e-9).astype(np.int64)
+    out = np.full((n_rows, means.shape[1]), np.nan, dtype=np.float32)
+    for r in range(n_rows):
+        block = means[owner == r]
+        reached = ~np.isnan(block).any(axis=1)
+        if reached.any():
+            out[r] = block[reached].max(axis=0)
+    return out

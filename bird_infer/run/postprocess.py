@@ -10,6 +10,14 @@ Fallback rows are neither used nor changed; a group restricts a step to that lab
    (``topk``), per label.
 4. ``prior``: ``p' = p * prior^b``, the prior the row of the table whose keys equal the named groups of the
    pattern matched in the file's stem; no match leaves the rows unchanged (and says so).
+5. ``gaussian``: weights ``exp(-t^2 / 2 sigma^2)``, ``|t| <= radius``, the file's edges padded with the edge row.
+6. ``adaptive_smooth``: ``(1 - a) p + a smooth(p)``, ``a = low + (high - low) max_j p[i, j]``.
+7. ``temperature``: ``sigmoid(logit(p) / t)``.
+8. ``threshold_remap``: ``[0, th]`` onto ``[0, to]`` and ``[th, 1]`` onto ``[to, 1]``, per label.
+9. ``label_max``: every label of a group takes the group's row maximum.
+
+A member's own ``steps`` run on its rows (NaN in the columns of labels it lacks, which stay NaN) before the blend,
+with the same functions (:mod:`bird_infer.run.segments`).
 
 :class:`PostProcessor` holds a bundle's steps with their prior tables read (once per process) and applies them in
 order, then clips into ``[0, PROB_MAX]``.
@@ -25,7 +33,18 @@ import numpy as np
 from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.files import PriorTable, load_prior_table
 from bird_infer.contract.name_pattern import NamePattern, PatternTimeoutError
-from bird_infer.contract.postprocess import FileMaxMix, FileScale, Prior, Smooth, Step
+from bird_infer.contract.postprocess import (
+    AdaptiveSmooth,
+    FileMaxMix,
+    FileScale,
+    Gaussian,
+    LabelMax,
+    Prior,
+    Smooth,
+    Step,
+    Temperature,
+    ThresholdRemap,
+)
 from bird_infer.contract.schema import PROB_MAX
 
 
@@ -79,6 +98,74 @@ def apply_prior(probs: np.ndarray, valid: np.ndarray, prior: np.ndarray, beta: f
     return np.where(valid[:, None], scaled, probs)
 
 
+def gaussian_rows(probs: np.ndarray, valid: np.ndarray, sigma: float, radius: int) -> np.ndarray:
+    """(n, L) -> (n, L): Gaussian weights ``exp(-t^2 / 2 sigma^2)`` over ``t in [-radius, radius]``, a neighbour
+    past the file's edge taken as the edge row (scipy's ``mode="nearest"``), fallback rows left out and the
+    weights renormalised."""
+    n = probs.shape[0]
+    t = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (t / sigma) ** 2)
+    acc = np.zeros(probs.shape, dtype=np.float64)
+    wsum = np.zeros((n, 1), dtype=np.float64)
+    rows = np.arange(n)
+    for shift, w in zip(t, weights, strict=True):
+        src = np.clip(rows + shift, 0, n - 1)
+        ok = valid[src][:, None]
+        acc += np.where(ok, w * probs[src].astype(np.float64), 0.0)
+        wsum += np.where(ok, w, 0.0)
+    out = probs.astype(np.float64).copy()
+    keep = valid & (wsum[:, 0] > 0)
+    out[keep] = acc[keep] / wsum[keep]
+    return out.astype(np.float32)
+
+
+def adaptive_smooth(
+    probs: np.ndarray, valid: np.ndarray, kernel: tuple[float, ...], low: float, high: float
+) -> np.ndarray:
+    """``(1 - a) p + a smooth(p)``, ``a = low + (high - low) * max_j p[i, j]`` per row (NaN columns ignored)."""
+    if not valid.any():
+        return probs
+    smoothed = smooth_rows(probs, valid, kernel).astype(np.float64)
+    with np.errstate(all="ignore"):
+        peak = np.nan_to_num(np.nanmax(np.where(np.isnan(probs), -np.inf, probs), axis=1), neginf=0.0)
+    a = (low + (high - low) * peak.astype(np.float64))[:, None]
+    mixed = ((1 - a) * probs.astype(np.float64) + a * smoothed).astype(np.float32)
+    return np.where(valid[:, None], mixed, probs)
+
+
+LOGIT_EPS = 1e-7
+
+
+def temperature(probs: np.ndarray, valid: np.ndarray, t: float) -> np.ndarray:
+    """``sigmoid(logit(p) / t)`` on the valid rows, ``p`` clipped into ``[1e-7, 1 - 1e-7]`` first (float64)."""
+    p = np.clip(probs.astype(np.float64), LOGIT_EPS, 1 - LOGIT_EPS)
+    scaled = 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / t))
+    return np.where(valid[:, None] & ~np.isnan(probs), scaled.astype(np.float32), probs)
+
+
+def threshold_remap(probs: np.ndarray, valid: np.ndarray, cols: np.ndarray, th: np.ndarray, to: float) -> np.ndarray:
+    """Columns ``cols`` remapped piecewise linearly: ``[0, th]`` onto ``[0, to]``, ``[th, 1]`` onto ``[to, 1]``."""
+    out = probs.copy()
+    p = probs[:, cols].astype(np.float64)
+    low = p * (to / th)
+    high = to + (p - th) * ((1 - to) / (1 - th))
+    mapped = np.where(p < th, low, high).astype(np.float32)
+    out[:, cols] = np.where(valid[:, None], mapped, probs[:, cols])
+    return out
+
+
+def label_max(probs: np.ndarray, valid: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    """Each group's columns set to the group's row maximum (NaN columns ignored; a column that is NaN stays so)."""
+    out = probs.copy()
+    for cols in groups:
+        block = probs[:, cols]
+        with np.errstate(all="ignore"):
+            peak = np.nanmax(np.where(np.isnan(block), -np.inf, block), axis=1)
+        pooled = np.where(np.isnan(block), np.nan, peak[:, None]).astype(np.float32)
+        out[:, cols] = np.where(valid[:, None], pooled, block)
+    return out
+
+
 def _on_columns(probs: np.ndarray, cols: np.ndarray | None, fn) -> np.ndarray:
     """``fn`` applied to the columns ``cols`` only (None: all)."""
     if cols is None:
@@ -117,10 +204,11 @@ class PostProcessor:
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
-        position = {label: j for j, label in enumerate(manifest.labels)}
+        self.position = position = {label: j for j, label in enumerate(manifest.labels)}
         self.columns = {g: np.array([position[x] for x in xs]) for g, xs in manifest.label_groups.items()}
         self.lookups: dict[int, _Lookup] = {}
-        for i, step in enumerate(manifest.postprocess.steps):
+        member_steps = [s for m in manifest.members for s in m.steps]
+        for i, step in enumerate((*manifest.postprocess.steps, *member_steps)):
             if isinstance(step, Prior):
                 table: PriorTable = load_prior_table(manifest, step)
                 rows = {k: np.asarray(v, dtype=np.float32) for k, v in table.rows.items()}
@@ -144,6 +232,18 @@ class PostProcessor:
                 out = file_max_mix(out, valid, step.a)
             elif isinstance(step, FileScale):
                 out = _on_columns(out, cols, lambda p, s=step: file_scale(p, valid, s.gamma, s.mode, s.k))
+            elif isinstance(step, Gaussian):
+                out = _on_columns(out, cols, lambda p, s=step: gaussian_rows(p, valid, s.sigma, s.radius))
+            elif isinstance(step, AdaptiveSmooth):
+                out = _on_columns(out, cols, lambda p, s=step: adaptive_smooth(p, valid, s.kernel, s.low, s.high))
+            elif isinstance(step, Temperature):
+                out = _on_columns(out, cols, lambda p, s=step: temperature(p, valid, s.t))
+            elif isinstance(step, ThresholdRemap):
+                where = np.array([self.position[x] for x in step.thresholds])
+                th = np.array(list(step.thresholds.values()), dtype=np.float64)
+                out = threshold_remap(out, valid, where, th, step.to)
+            elif isinstance(step, LabelMax):
+                out = label_max(out, valid, [self.columns[g] for g in step.groups])
             else:
                 lookup = self.lookups.get(i) if steps is None else self._lookup(step)
                 prior, why = lookup.prior_for(path) if lookup is not None else (None, "no table")

@@ -18,11 +18,12 @@ import numpy as np
 from bird_infer.audio.decode import RowReader
 from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.text import describe_exception
-from bird_infer.run.options import RunOptions, keeps_member_rows
+from bird_infer.run.options import RunOptions, aligned_blocks, keeps_member_rows
 from bird_infer.run.outcomes import FileFailure, FileResult, PartResult, StageTimes
 from bird_infer.run.postprocess import PostProcessor
 from bird_infer.run.rows import RowGatherer
 from bird_infer.run.segments import assemble
+from bird_infer.run.stages import file_stages
 from bird_infer.runtime.ensemble import BundleModel
 from bird_infer.runtime.machine import peak_memory_mb
 
@@ -39,12 +40,13 @@ class FilePredictor:
 
     def __init__(self, manifest: Manifest, options: RunOptions) -> None:
         self.manifest = manifest
-        self.options = options
+        self.options = options = aligned_blocks(manifest, options)
         self.ensemble = BundleModel(manifest, options.session)
         self.keep_members = keeps_member_rows(manifest, options)
         self.on_block: Callable[[], None] | None = None
         """Called after every decoded block (a pool worker's heartbeat, :mod:`bird_infer.run.heartbeat`)."""
         self.post = None if self.keep_members else PostProcessor(manifest)
+        self.stages = file_stages(manifest)
 
     def predict_file(self, path: Path, n_folds: int | None = None) -> FileResult:
         """The file's rows: decoded once, each distinct front-end once per block, the bundle's first ``n_folds``
@@ -54,7 +56,7 @@ class FilePredictor:
         Raises AudioDecodeError when nothing decodes, NonFiniteOutputError when no fold is finite for any
         chunk, or whatever ONNX Runtime raises.
         """
-        return assemble(self.manifest, path, [self.predict_part(path, n_folds)], n_folds, self.post)
+        return assemble(self.manifest, path, [self.predict_part(path, n_folds)], n_folds, self.post, self.stages)
 
     def _beat(self) -> None:
         if self.on_block is not None:
@@ -114,6 +116,7 @@ class FilePredictor:
             reader_notes=tuple(n for n in (reader.note, reader.error) if n) if reached_end else (),
             bad_chunks=tuple(tuple(int(c) for c in counts) for counts in bad_chunks),
             member_rows=tuple(gather.sums),
+            extra_rows=tuple(gather.extra_sums.items()),
             decoded_rows=reader.decoded if reached_end else 0,
             started_at=started_at,
         )

@@ -31,9 +31,14 @@ class RowGatherer:
         self.manifest = manifest
         self.row_s = manifest.row_s
         self.sums = [
-            RowSums.empty(m.ensemble.frame_reduce if self._framewise(m) else "mean", len(m.labels))
+            RowSums.empty("max" if self._framewise(m) and m.ensemble.frame_reduce == "max" else "mean", len(m.labels))
             for m in manifest.members
         ]
+        """Per member: sums per row; for ``position_mean_max``, per frame position
+        (:func:`~bird_infer.run.outcomes.position_rows` makes rows of them once every part is in)."""
+        self.extra_sums: dict[tuple[int, str], RowSums] = {}
+        """(member index, output) -> a backbone's embedding gathered onto rows (the shifts' weighted mean), for
+        file-level stages."""
         index = {m.name: i for i, m in enumerate(manifest.members)}
         self.window_of = [manifest.members[index[m.source.member]] if m.source else m for m in manifest.members]
         """The member whose windows (and shifts) each member's outputs are of (a head: its source)."""
@@ -44,6 +49,11 @@ class RowGatherer:
 
     def add(self, first_row: int, block: BlockOutputs) -> None:
         """The block's windows are those of rows ``first_row, first_row + 1, ...``."""
+        for (i, name), per_shift in block.extras.items():
+            for k, e in per_shift.items():
+                n = e.shape[0]
+                sums = self.extra_sums.setdefault((i, name), RowSums.empty("mean", e.shape[1]))
+                sums.add(np.arange(first_row, first_row + n), e, np.full(n, self.manifest.members[i].shifts[k].weight))
         for i, m in enumerate(self.manifest.members):
             win = self.window_of[i]
             for k, p in block.members[i].items():
@@ -57,7 +67,10 @@ class RowGatherer:
                 window_s = win.audio.clip_s
                 starts = (rows + 0.5) * self.row_s - window_s / 2 + shift.offset_s
                 centres = starts[:, None] + (np.arange(frames) + 0.5) * window_s / frames
-                targets = np.floor(centres / self.row_s + 1e-9).astype(np.int64)
+                if m.ensemble.frame_reduce == "position_mean_max":  # frame positions on the window's grid
+                    targets = np.floor(centres / (window_s / frames) + 1e-9).astype(np.int64)
+                else:
+                    targets = np.floor(centres / self.row_s + 1e-9).astype(np.int64)
                 finite = np.isfinite(p.reshape(n, -1)).all(axis=1)
                 keep = np.repeat(finite, frames)
                 self.sums[i].add(

@@ -22,6 +22,7 @@ import numpy as np
 
 from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import OutputError
+from bird_infer.contract.postprocess import Blend
 from bird_infer.contract.schema import FALLBACK_PROB
 from bird_infer.contract.text import describe_exception
 from bird_infer.run.outcomes import FileResult, Outcome
@@ -178,7 +179,7 @@ def _existing(folder: Path) -> Path:
     return folder
 
 
-def rank_in_place(store: MemberRows, predicted: dict[Path, np.ndarray]) -> None:
+def rank_in_place(store: MemberRows, predicted: dict[Path, np.ndarray], blend_rule: Blend | None = None) -> None:
     """Each member's column of each label replaced by its ranks over every predicted row of every file
     (:func:`~bird_infer.runtime.blend.rank_scale`); fallback rows and absent labels stay NaN."""
     paths = store.paths()
@@ -193,7 +194,8 @@ def rank_in_place(store: MemberRows, predicted: dict[Path, np.ndarray]) -> None:
             if not voted.any():
                 continue
             ranked = np.full(column.shape, np.nan, dtype=np.float32)
-            ranked[voted] = rank_scale(column[voted])
+            b = blend_rule or Blend()
+            ranked[voted] = rank_scale(column[voted], b.rank_scale, b.rank_ties, b.rank_clip)
             start = 0
             for p, part in zip(paths, parts, strict=True):
                 rows = store.get(p)
@@ -222,7 +224,7 @@ def finish(
         predicted[p] = result.predicted if result.predicted is not None else np.ones(n, dtype=bool)
     rule = manifest.blend.rule
     if rule == "rank":
-        rank_in_place(store, predicted)
+        rank_in_place(store, predicted, manifest.blend)
     weights = member_weights(manifest)
     done = dict(outcomes)
     for p in store.paths():

@@ -23,10 +23,11 @@ import numpy as np
 
 from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import NonFiniteOutputError
-from bird_infer.contract.schema import FALLBACK_PROB
+from bird_infer.contract.schema import FALLBACK_PROB, Member
 from bird_infer.run.options import RunOptions
-from bird_infer.run.outcomes import FileResult, PartResult, StageTimes
+from bird_infer.run.outcomes import FileResult, PartResult, RowSums, StageTimes, position_rows
 from bird_infer.run.postprocess import PostProcessor
+from bird_infer.run.stages import FileStages
 from bird_infer.runtime.blend import blend, member_weights
 
 
@@ -83,25 +84,55 @@ def member_stack(manifest: Manifest, parts: Sequence[PartResult], n_rows: int) -
         sums = parts[0].member_rows[i]
         for p in parts[1:]:
             sums = sums.merged(p.member_rows[i])
-        rows = sums.rows(n_rows)
+        if m.ensemble.output == "framewise" and m.ensemble.frame_reduce == "position_mean_max":
+            win = m if m.source is None else manifest.member(m.source.member)
+            frames = _frames_per_window(m, win)
+            rows = position_rows(sums, n_rows, manifest.row_s, win.audio.clip_s / frames)
+        else:
+            rows = sums.rows(n_rows)
         voted = ~np.isnan(rows).any(axis=1)
         stack[i][np.ix_(voted, [position[x] for x in m.labels])] = rows[voted]
     return stack
 
 
+def extra_rows(manifest: Manifest, parts: Sequence[PartResult], n_rows: int) -> dict[str, np.ndarray]:
+    """``MEMBER:OUTPUT`` -> (n_rows, dim): the embeddings file-level stages read, the parts added up."""
+    merged: dict[tuple[int, str], RowSums] = {}
+    for p in parts:
+        for key, sums in p.extra_rows:
+            merged[key] = sums if key not in merged else merged[key].merged(sums)
+    return {f"{manifest.members[i].name}:{name}": sums.rows(n_rows) for (i, name), sums in merged.items()}
+
+
 def assemble(
-    manifest: Manifest, path: Path, parts: Sequence[PartResult], n_folds: int | None, post: PostProcessor | None
+    manifest: Manifest,
+    path: Path,
+    parts: Sequence[PartResult],
+    n_folds: int | None,
+    post: PostProcessor | None,
+    stages: FileStages | None = None,
 ) -> FileResult:
-    """The file's :class:`~bird_infer.run.outcomes.FileResult` from its parts (any order), post-processed by
-    ``post`` (None: the run post-processes later, with every row: its members' rows are kept). Raises
-    NonFiniteOutputError when no fold was finite on any chunk."""
+    """The file's :class:`~bird_infer.run.outcomes.FileResult` from its parts (any order): members' rows, their own
+    steps and the member stages (``stages``, :mod:`bird_infer.run.stages`), the blend, the final stages, then
+    post-processed by ``post`` (None: the run post-processes later, with every row: its members' rows, stage
+    members included, are kept). Raises NonFiniteOutputError when no fold was finite on any chunk."""
     parts = sorted(parts, key=lambda p: p.first_row)
     tail = next(p for p in reversed(parts) if p.reached_end)
     kept = manifest.kept_folds(n_folds)
     stack = member_stack(manifest, parts, tail.decoded_rows)
     blend_rule = manifest.blend
     rule = "mean" if blend_rule.rule == "rank" else blend_rule.rule  # a rank blend is made with every row, later
-    probs = blend(stack, member_weights(manifest), rule, blend_rule.power)
+    weights = member_weights(manifest)
+    n_members = len(manifest.members)
+    stage_notes: list[str] = []
+    stage_s = 0.0
+    extras: dict[str, np.ndarray] = {}
+    if stages is not None and stages.active:
+        extras = extra_rows(manifest, parts, tail.decoded_rows)
+        voted = ~np.isnan(blend(stack, weights[:n_members], rule, blend_rule.power)).any(axis=1)
+        stack, stage_notes = stages.members(stack, voted, path, extras)
+        stage_s = stages.last_s
+    probs = blend(stack, weights, rule, blend_rule.power)
     bad = [np.sum([p.bad_chunks[m] for p in parts], axis=0, dtype=np.int64) for m in range(len(kept))]
     names = manifest.fold_names()
     excluded = tuple(
@@ -111,8 +142,12 @@ def assemble(
     if unpredicted.all():
         raise NonFiniteOutputError(f"fold(s) {[n for n, _ in excluded]} produced NaN or inf on every chunk")
     probs[unpredicted] = FALLBACK_PROB
-    notes = list(tail.reader_notes)
+    notes = list(tail.reader_notes) + stage_notes
     unmatched = False
+    if post is not None and stages is not None and any(s.role == "final" for s in manifest.stages):
+        probs, final_notes = stages.final(probs, ~unpredicted, stack, path, extras)
+        notes += final_notes
+        stage_s += stages.last_s
     if post is not None and post.active:
         probs, step_notes = post.apply(probs, ~unpredicted, path)
         notes += step_notes
@@ -139,7 +174,7 @@ def assemble(
     return FileResult(
         path=path,
         probs=probs,
-        times=StageTimes.total(p.times for p in parts),
+        times=_plus_model_s(StageTimes.total(p.times for p in parts), stage_s),
         n_folds=parts[0].n_folds,
         peak_mb=max(p.peak_mb for p in parts),
         fallback_rows=int(max(0, missing) + unpredicted.sum()),
@@ -152,3 +187,20 @@ def assemble(
         predicted=predicted,
         prior_unmatched=unmatched,
     )
+
+
+def _plus_model_s(times: StageTimes, seconds: float) -> StageTimes:
+    """The file-level stages' seconds counted as model time (the deadline guard projects with it)."""
+    return StageTimes(times.decode_s, times.frontend_s, times.model_s + seconds)
+
+
+def _frames_per_window(m: Member, win: Member) -> int:
+    """Frames a frame-wise member's output gives per window, as its fold declares them."""
+    fold = m.folds[0]
+    shape = (fold.segmentwise or fold.clipwise).shape
+    frames = shape[m.ensemble.time_axis]
+    if not isinstance(frames, int):
+        raise NonFiniteOutputError(
+            f"member {m.name}: position_mean_max needs the frame count its output declares; it declares {list(shape)}"
+        )
+    return frames

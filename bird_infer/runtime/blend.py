@@ -8,7 +8,8 @@ caller's fallback).
 
 - ``mean``: ``sum_m w p / sum_m w`` over the members that voted (the default, and the rule before blends);
 - ``power``: ``(sum_m w p^k / sum_m w)^(1/k)``;
-- ``rank``: each member's column ranked over every row of the run first (:func:`rank_scale`), then ``mean``.
+- ``rank``: each member's column ranked over every row of the run first (:func:`rank_scale`, with the blend's
+  ``rank_scale``, ``rank_ties`` and ``rank_clip``), then ``mean``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from bird_infer.contract.bundle import Manifest
 
 
 def member_weights(manifest: Manifest) -> np.ndarray:
-    """(n_members, n_labels) float64: each member's weight per bundle label, 0 where it lacks the label."""
+    """(n_members + member stages, n_labels) float64: each member's weight per bundle label, 0 where it lacks the
+    label; then each member stage's (:mod:`bird_infer.contract.stages`), in the stack's order."""
     position = {label: j for j, label in enumerate(manifest.labels)}
-    w = np.zeros((len(manifest.members), len(manifest.labels)), dtype=np.float64)
+    stages = manifest.member_stages
+    w = np.zeros((len(manifest.members) + len(stages), len(manifest.labels)), dtype=np.float64)
+    for k, s in enumerate(stages):
+        w[len(manifest.members) + k, [position[x] for x in s.labels]] = s.weight
     for i, m in enumerate(manifest.members):
         w[i, [position[x] for x in m.labels]] = m.weight
     for group, per_member in manifest.blend.group_weights.items():
@@ -54,9 +59,21 @@ def blend(stack: np.ndarray, weights: np.ndarray, rule: str = "mean", power: flo
     return out.astype(np.float32)
 
 
-def rank_scale(values: np.ndarray) -> np.ndarray:
-    """Ranks of ``values`` (n,) scaled into [0, 1): ``(rank - 1) / n``, ties sharing their mean rank."""
+RANKDATA_METHOD = {"average": "average", "min": "min", "max": "max", "dense": "dense", "first": "ordinal"}
+
+
+def rank_scale(
+    values: np.ndarray, scale: str = "(rank-1)/n", ties: str = "average", clip: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Ranks of ``values`` (n,) scaled: ``(rank - 1) / n`` into [0, 1) (the default) or ``rank / n`` into (0, 1]
+    (pandas' ``rank(pct=True)``); ties as pandas' ``method`` (``dense`` divides by the number of distinct values,
+    as pandas does); ``clip``: the values clipped into [lo, hi] first."""
     n = values.shape[0]
     if n == 0:
         return values.astype(np.float32)
-    return ((rankdata(values, method="average") - 1.0) / n).astype(np.float32)
+    if clip is not None:
+        values = np.clip(values, clip[0], clip[1])
+    ranks = rankdata(values, method=RANKDATA_METHOD[ties])
+    denominator = float(ranks.max()) if ties == "dense" else float(n)
+    offset = 1.0 if scale == "(rank-1)/n" else 0.0
+    return ((ranks - offset) / denominator).astype(np.float32)

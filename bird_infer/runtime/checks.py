@@ -28,7 +28,11 @@ def check_input(member: Member) -> np.ndarray:
     t = np.arange(n) / sr
     wave = 0.1 * np.sin(2 * np.pi * min(2000.0, sr / 4) * t) + 0.01 * np.random.default_rng(0).standard_normal(n)
     wave = wave[None].astype(np.float32)
-    return wave if member.frontend is None else LogMelFrontend(member.frontend, sr)(wave)
+    if member.frontend is None:
+        return wave
+    x = LogMelFrontend(member.frontend, sr)(wave)
+    channels = member.frontend.channels
+    return np.ascontiguousarray(np.repeat(x[:, None], channels, axis=1)) if channels else x
 
 
 def _expected(member: Member, spec: TensorSpec, fold: FoldSpec) -> tuple[int | None, ...]:

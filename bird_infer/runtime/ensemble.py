@@ -60,6 +60,34 @@ def activate(y: np.ndarray, activation: str, axis: int) -> np.ndarray:
     return y
 
 
+def _label_columns(member: Member) -> tuple[np.ndarray | None, list[np.ndarray] | None]:
+    """The model columns of each member label: one column each (an index array), or, when some label stands for
+    several model classes, one array of columns per label (reduced by ``label_reduce``)."""
+    index = member.output_index
+    if index is None:
+        return None, None
+    if all(isinstance(e, int) for e in index):
+        return np.asarray(index), None
+    return None, [np.atleast_1d(np.asarray(e)) for e in index]
+
+
+def reduce_labels(y: np.ndarray, groups: list[np.ndarray], rule: str) -> np.ndarray:
+    """(..., model columns) probabilities -> (..., labels): each label's columns reduced by ``max``, ``mean``, or
+    ``any`` (1 - prod(1 - p), in float64); ``first``: the first column."""
+    out = np.empty((*y.shape[:-1], len(groups)), dtype=np.float32)
+    for j, cols in enumerate(groups):
+        p = y[..., cols]
+        if rule == "max":
+            out[..., j] = p.max(axis=-1)
+        elif rule == "mean":
+            out[..., j] = p.astype(np.float64).mean(axis=-1)
+        elif rule == "any":
+            out[..., j] = 1.0 - np.prod(1.0 - p.astype(np.float64), axis=-1)
+        else:
+            out[..., j] = p[..., 0]
+    return out
+
+
 class MemberModel:
     """One member's folds, ready to score its inputs (log-mel batches, waveform windows, or a head's embeddings):
     each fold's output turned into the member's labels (activation, label map, frames), then combined."""
@@ -74,7 +102,8 @@ class MemberModel:
         _check_settings(st, member)
         ens = member.ensemble
         self.framewise = ens.output == "framewise"
-        self.index = None if member.output_index is None else np.asarray(member.output_index)
+        self.mixed = ens.output == "clip_segment_mix"
+        self.index, self.groups = _label_columns(member)
         if member.birdnet is not None:  # BirdNET's TFLite model, whatever the backend (bird_infer.runtime.birdnet)
             fold = member.folds[0]
             model = checked_bytes(fold_file(root, fold), fold.sha256, f"fold {fold.name}")
@@ -83,7 +112,10 @@ class MemberModel:
             self.sessions = [lambda name_in, x: [runner(name_in, x)]]
             return
         uses_frames = ens.output in ("segment_max", "framewise")
-        outputs = [[(f.segmentwise if uses_frames else f.clipwise).name] for f in member.folds]  # type: ignore[union-attr]
+        if self.mixed:  # both outputs: clip-wise first, then the segment-wise one
+            outputs = [[f.clipwise.name, f.segmentwise.name] for f in member.folds]  # type: ignore[union-attr]
+        else:
+            outputs = [[(f.segmentwise if uses_frames else f.clipwise).name] for f in member.folds]  # type: ignore[union-attr]
         outputs[0] += list(self.extras)
         self._inputs = [f.input.name for f in member.folds]
         paths = [str(fold_file(root, f)) for f in member.folds]
@@ -124,6 +156,8 @@ class MemberModel:
                 y = y.max(axis=1)
         else:
             y = activate(y, ens.activation, 1)
+        if self.groups is not None:
+            return reduce_labels(y, self.groups, self.member.label_reduce)
         return y if self.index is None else y[..., self.index]
 
     def fold_outputs(
@@ -134,6 +168,9 @@ class MemberModel:
         fold's extra outputs are put in it, each (n, dim)."""
         folds = range(self.n_folds) if folds is None else folds
         n = x.shape[0]
+        channels = self.member.frontend.channels if self.member.frontend is not None else 0
+        if channels and x.ndim == 3:  # the log-mel on the channel axis the model was trained with
+            x = np.ascontiguousarray(np.repeat(x[:, None], channels, axis=1))
         bs = self.settings.batch_size
         out: np.ndarray | None = None
         got: dict[str, list[np.ndarray]] = {name: [] for name in self.extras}
@@ -141,7 +178,14 @@ class MemberModel:
             run, name_in = self.sessions[f], self._inputs[f]
             for start in range(0, n, bs):
                 ys = run(name_in, x[start : start + bs])
-                y = self._to_labels(ys[0])
+                if self.mixed:
+                    a = self.member.ensemble.mix
+                    clip = self._to_labels(ys[0]).astype(np.float64)
+                    seg = self._to_labels(ys[1]).astype(np.float64)  # (b, frames, labels) -> its max over time
+                    y = ((1 - a) * clip + a * seg).astype(np.float32)
+                    ys = [ys[0], *ys[2:]]
+                else:
+                    y = self._to_labels(ys[0])
                 if out is None:
                     out = np.empty((len(folds), n, *y.shape[1:]), dtype=np.float32)
                 out[k, start : start + bs] = y
@@ -189,6 +233,8 @@ class BlockOutputs:
 
     members: list[dict[int, np.ndarray]] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
+    extras: dict[tuple[int, str], dict[int, np.ndarray]] = field(default_factory=dict)
+    """(member index, output) -> per kept shift, the backbone's embedding (k, dim): what file-level stages read."""
 
     def flat(self) -> np.ndarray:
         """Every probability, one vector (the accuracy guard compares two of them)."""
@@ -207,11 +253,20 @@ class BundleModel:
         for m in manifest.members:
             if m.source is not None and m.source.output not in wanted[m.source.member]:
                 wanted[m.source.member].append(m.source.output)
+        index = {m.name: i for i, m in enumerate(manifest.members)}
+        self.stage_extras: list[tuple[int, str]] = []
+        """(member index, output) of the embeddings file-level stages read."""
+        for stage in manifest.stages:
+            for inp in stage.sources("embedding"):
+                _, member, output = inp.parts
+                if output not in wanted[member]:
+                    wanted[member].append(output)
+                if (index[member], output) not in self.stage_extras:
+                    self.stage_extras.append((index[member], output))
         self.members = [MemberModel(m, manifest.root, self.settings, wanted[m.name]) for m in manifest.members]
         self.member_specs = window_specs(manifest)
         self.specs = list(dict.fromkeys(s for specs in self.member_specs for s in specs))
         """Every distinct window the members read (what the reader decodes)."""
-        index = {m.name: i for i, m in enumerate(manifest.members)}
         self.sources = [None if m.source is None else index[m.source.member] for m in manifest.members]
         self.frontends: dict[tuple[WindowSpec, FrontendConfig], LogMelFrontend] = {}
         for specs, m in zip(self.member_specs, manifest.members, strict=True):
@@ -260,6 +315,9 @@ class BundleModel:
                     p, bad = model.predict_with_mask(x, folds)
                 out.members[i][k] = p
                 masks.append(bad)
+                for j, name in self.stage_extras:
+                    if j == i:
+                        out.extras.setdefault((i, name), {})[k] = extras[(i, k)][name]
             out.masks[i] = np.logical_or.reduce(masks) if masks else np.zeros((len(folds), 0), bool)
         return out
 

@@ -16,7 +16,7 @@ Labels: the model's labels (``--labels``, one per line in output order) map onto
 (``--label-map``, CSV ``member_label,bundle_label``; model labels it does not name are ignored), else by name, else
 through the eBird table the package ships (BirdNET-Analyzer's: eBird codes, ``Scientific_Common`` labels and
 scientific names all resolve). Model labels with no bundle counterpart are ignored; several onto one bundle label:
-the first is kept.
+the first is kept, or with ``label_reduce`` (max, mean, any) all of them, reduced.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from bird_infer.contract.schema import (
     Shift,
     SourceSpec,
     TensorSpec,
+    index_columns,
 )
 from bird_infer.runtime.ensemble import MemberModel
 
@@ -88,6 +89,8 @@ class MemberRequest:
     weight: float = 1.0
     resampler: str = "soxr_hq"
     shifts: tuple[Shift, ...] = (Shift(),)
+    label_reduce: str = "first"
+    """Several model labels onto one bundle label: ``first`` (the first is kept), ``max``, ``mean`` or ``any``."""
 
 
 @dataclass(frozen=True)
@@ -140,9 +143,10 @@ def check_label_map(
 
 
 def map_labels(
-    model_labels: Sequence[str], bundle_labels: Sequence[str], label_map: dict[str, str] | None
-) -> tuple[list[str], list[int]]:
-    """The member's labels (bundle labels) and, for each, the model output column (see the module docstring)."""
+    model_labels: Sequence[str], bundle_labels: Sequence[str], label_map: dict[str, str] | None, many: bool = False
+) -> tuple[list[str], list]:
+    """The member's labels (bundle labels) and, for each, the model output column (see the module docstring); with
+    ``many``, every column that maps onto it (a list where there are several)."""
     bundle = set(bundle_labels)
     if label_map is not None:
         target = {a: label_map[a] for a in model_labels if a in label_map}
@@ -155,13 +159,19 @@ def map_labels(
                 if candidate in bundle:
                     target[a] = candidate
                     break
-    labels, index = [], []
+    labels: list[str] = []
+    columns: dict[str, list[int]] = {}
     for k, a in enumerate(model_labels):
         b = target.get(a)
-        if b is not None and b not in labels:
+        if b is None:
+            continue
+        if b not in columns:
             labels.append(b)
-            index.append(k)
-    return labels, index
+            columns[b] = []
+        columns[b].append(k)
+    if not many:  # the first of several onto one label is kept
+        return labels, [columns[b][0] for b in labels]
+    return labels, [columns[b][0] if len(columns[b]) == 1 else columns[b] for b in labels]
 
 
 def _onnx_interface(path: Path) -> tuple[dict[str, tuple], dict[str, tuple]]:
@@ -221,7 +231,7 @@ def build_member(req: MemberRequest, bundle: Manifest) -> tuple[dict, int]:
         )
     if req.label_map is not None:
         check_label_map(req.label_map, model_labels, bundle.labels)
-    labels, index = map_labels(model_labels, bundle.labels, req.label_map)
+    labels, index = map_labels(model_labels, bundle.labels, req.label_map, req.label_reduce != "first")
     if not labels and not req.embeddings:
         raise AddMemberError(
             f"none of the model's {len(model_labels)} labels maps onto the bundle's (e.g. {model_labels[:3]}); give "
@@ -253,6 +263,8 @@ def build_member(req: MemberRequest, bundle: Manifest) -> tuple[dict, int]:
     }
     if not identity:
         d["output_index"] = index
+    if req.label_reduce != "first":
+        d["label_reduce"] = req.label_reduce
     if req.source is not None:
         d["source"] = dataclasses.asdict(req.source)
     else:
@@ -376,7 +388,7 @@ def add_member(bundle: str | Path, req: MemberRequest, check_audio: Sequence[str
         target.unlink(missing_ok=True)  # the bundle as it was: no model file without its manifest entry
         raise
     model_labels = list(req.labels) if req.labels is not None else list(manifest.labels)
-    kept = {model_labels[k] for k in (member.output_index or range(len(member.labels)))}
+    kept = {model_labels[k] for k in index_columns(member.output_index or tuple(range(len(member.labels))))}
     covered = {x for m in new.members for x in m.labels}
     return AddMemberResult(
         load_manifest(manifest.root, building=True),

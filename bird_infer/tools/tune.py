@@ -158,7 +158,8 @@ class _Scorer:
                     column = np.concatenate(parts)
                     voted = ~np.isnan(column)
                     ranked = np.full(column.shape, np.nan, np.float32)
-                    ranked[voted] = rank_scale(column[voted])
+                    b = self.manifest.blend
+                    ranked[voted] = rank_scale(column[voted], b.rank_scale, b.rank_ties, b.rank_clip)
                     start = 0
                     for p, part in zip(files, parts, strict=True):
                         out[p][m, np.flatnonzero(self.predicted[p]), j] = ranked[start : start + len(part)]
