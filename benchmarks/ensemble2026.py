@@ -9,7 +9,12 @@ exporter and ``bird-infer add-member``:
 - ``sed10``: an EfficientNet-B0 SED on 10-s windows, frame-wise rows, shifts -1.25/0/+1.25 s weighted 1:2:2;
 - ``perch``: a stand-in of Perch v2's size (EfficientNet-B3 on a 128-band learned front-end of the 5-s, 32 kHz
   waveform; a 1536-d ``embedding`` and 14,795 ``label`` logits), its logits mapped onto the bundle's labels;
-- ``head1``, ``head2``: MLP heads (1536 -> 256 -> 234) on perch's embedding.
+- ``head1``, ``head2``: MLP heads (1536 -> 256 -> 234) on perch's embedding;
+- perch's own steps: gaussian smoothing (sigma 1 row) and file-max scaling (``file_max^0.4``);
+- file-level stages exported from PyTorch (``bird-infer add-stage``): ``probe``, an MLP on each row's embedding and
+  logits with file context (the file's mean and max logits, the previous row) and an hour embedding, blended as a
+  member; ``seq``, a bidirectional GRU over the file's blended rows with site and hour embeddings (the sequence
+  head), its output the file's final rows.
 
 It runs the real job on N one-minute 32 kHz soundscapes (2026's files), one worker per core, and reports the
 steady cost per row, the start-up, each member's model time per row (one thread), the projection per edition on
@@ -71,7 +76,52 @@ def _torch_models():
         def forward(self, e):
             return self.net(e)
 
-    return PerchSize, Head
+    class Probe(nn.Module):
+        """Each row's embedding and logits, the previous row's logits, the file's mean and max logits, the hour."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.hours = nn.Embedding(25, 64)
+            self.net = nn.Sequential(nn.Linear(1536 + 4 * LABELS + 64, 256), nn.ReLU(), nn.Linear(256, LABELS))
+
+        def forward(self, emb, lg, hour):
+            prev = torch.cat([lg[:, :1], lg[:, :-1]], dim=1)
+            ctx = torch.cat([lg.mean(dim=1, keepdim=True), lg.amax(dim=1, keepdim=True)], dim=2).expand(
+                -1, lg.shape[1], -1
+            )
+            h = self.hours(hour.clamp(min=0, max=24))[:, None].expand(-1, lg.shape[1], -1)
+            return torch.sigmoid(self.net(torch.cat([emb, lg, prev, ctx, h], dim=2)))
+
+    class Seq(nn.Module):
+        """A bidirectional GRU over the file's rows with site and hour embeddings: logits (1, n, labels)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.sites, self.hours = nn.Embedding(64, 16), nn.Embedding(25, 16)
+            self.gru = nn.GRU(LABELS + 32, 128, batch_first=True, bidirectional=True)
+            self.out = nn.Linear(256, LABELS)
+
+        def forward(self, b, site, hour):
+            n = b.shape[1]
+            ctx = torch.cat([self.sites(site.clamp(min=0, max=63)), self.hours(hour.clamp(min=0, max=24))], dim=1)
+            y, _ = self.gru(torch.cat([b, ctx[:, None].expand(-1, n, -1)], dim=2))
+            return self.out(y)
+
+    return PerchSize, Head, Probe, Seq
+
+
+def _stage_onnx(model, examples: tuple, path: Path, inputs: list[str], output: str) -> Path:
+    """A file-level stage exported with its row axis dynamic (axis 1 of every (1, n, ...) input and the output)."""
+    import torch
+
+    axes = {name: {1: "n"} for name, x in zip(inputs, examples, strict=True) if x.dim() == 3}
+    axes[output] = {1: "n"}
+    with torch.no_grad():
+        torch.onnx.export(
+            model.eval(), examples, str(path), input_names=inputs, output_names=[output], dynamic_axes=axes,
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
+    return path
 
 
 def _onnx(model, example, path: Path, inputs: list[str], outputs: list[str]) -> Path:
@@ -100,10 +150,12 @@ def build_bundle(folder: Path, audio: Path) -> Path:
 
     from bird_infer.contract.manifest import load_manifest
     from bird_infer.contract.schema import AudioConfig, SourceSpec
+    from bird_infer.contract.stages import StageContext
     from bird_infer.contract.training_config import load_training_config
     from bird_infer.export import export_member
     from bird_infer.nn import build_model
     from bird_infer.tools.add_member import MemberRequest, add_member
+    from bird_infer.tools.add_stage import StageRequest, add_stage
 
     cfg = load_training_config(ROOT / "configs" / "birdclef2023_b0.json")
     labels = [f"sp{k:03d}" for k in range(LABELS)]
@@ -127,7 +179,7 @@ def build_bundle(folder: Path, audio: Path) -> Path:
     sed10["ensemble"]["output"] = "framewise"
     sed10["shifts"] = [{"offset_s": o, "weight": w} for o, w in SHIFTS]
     (folder / "manifest.json").write_text(json.dumps(data))
-    perch_cls, head_cls = _torch_models()
+    perch_cls, head_cls, probe_cls, seq_cls = _torch_models()
     tmp = folder.parent
     perch = _onnx(perch_cls(), torch.zeros(1, 160000), tmp / "perch.onnx", ["inputs"], ["embedding", "label"])
     names = labels + [f"other{k}" for k in range(PERCH_CLASSES - LABELS)]
@@ -140,7 +192,69 @@ def build_bundle(folder: Path, audio: Path) -> Path:
         head = _onnx(head_cls(), torch.zeros(1, 1536), tmp / f"head{k}.onnx", ["embedding"], ["probs"])
         req = MemberRequest(onnx=head, name=f"head{k}", output="probs", source=SourceSpec("perch", "embedding"))
         add_member(folder, dataclasses.replace(req, labels=tuple(labels), weight=0.5), [audio])
+    data = json.loads((folder / "manifest.json").read_text())
+    perch_entry = next(m for m in data["members"] if m["name"] == "perch")
+    perch_entry["steps"] = [{"step": "gaussian", "sigma": 1.0}, {"step": "file_scale", "gamma": 0.4}]
+    (folder / "manifest.json").write_text(json.dumps(data))
+    n = 12
+    torch.manual_seed(3)
+    probe = _stage_onnx(
+        probe_cls(),
+        (torch.zeros(1, n, 1536), torch.zeros(1, n, LABELS), torch.zeros(1, dtype=torch.long)),
+        tmp / "probe.onnx",
+        ["emb", "lg", "hour"],
+        "probs",
+    )
+    seq = _stage_onnx(
+        seq_cls(),
+        (torch.zeros(1, n, LABELS), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)),
+        tmp / "seq.onnx",
+        ["b", "site", "hour"],
+        "logits",
+    )
+    pattern = r"^(?P<site>[A-Za-z]+\d*)_\d{8}_(?P<hour>\d\d)"
+    hours = {f"{h:02d}": h for h in range(24)}
+    sites = {f"S{k:02d}": k for k in range(64)}
+    add_stage(
+        folder,
+        StageRequest(
+            probe, "probe", "probs", {"emb": "embedding:perch:embedding", "lg": "logits:perch", "hour": "context:hour"},
+            weight=0.5, context=StageContext(pattern, {"hour": hours}),
+        ),
+    )  # fmt: skip
+    add_stage(
+        folder,
+        StageRequest(
+            seq, "seq", "logits", {"b": "blend", "site": "context:site", "hour": "context:hour"}, role="final",
+            activation="sigmoid", context=StageContext(pattern, {"site": sites, "hour": hours}),
+        ),
+    )  # fmt: skip
     return load_manifest(folder).root
+
+
+def stage_ms(models: Path, rows: int = 12) -> dict[str, float]:
+    """The member steps and each file-level stage, per row, on a 1-min file's 12 generated rows (one thread)."""
+    from bird_infer.contract.manifest import load_manifest
+    from bird_infer.run.stages import FileStages
+    from bird_infer.tools.add_stage import _generated
+
+    manifest = load_manifest(models)
+    stages = FileStages(manifest)
+    stack, extras = _generated(manifest, rows)
+    valid = np.ones(rows, dtype=bool)
+    name = Path("S03_20260601_060000.ogg")
+    stages.members(stack, valid, name, extras)  # warm-up
+    t0 = time.perf_counter()
+    full, _ = stages.members(stack, valid, name, extras)
+    members_s = time.perf_counter() - t0
+    blended = np.nanmean(full, axis=0)
+    t0 = time.perf_counter()
+    stages.final(blended, valid, full, name, extras)
+    final_s = time.perf_counter() - t0
+    return {
+        "steps_and_member_stages": round(members_s * 1000 / rows, 3),
+        "final_stages": round(final_s * 1000 / rows, 3),
+    }
 
 
 def member_ms(models: Path, audio_file: Path, rows: int = 8) -> dict[str, float]:
@@ -194,6 +308,7 @@ def run(args) -> dict:
         rows = summary.n_chunks
         steady = (summary.wall_s - summary.startup_s - summary.write_s) / rows
         per_member = member_ms(models, paths[0])
+        per_stage = stage_ms(models)
     units = manifest.unit_order()
     full = manifest.runs()
     drops = []
@@ -244,6 +359,7 @@ def run(args) -> dict:
             "precision": summary.precision,
         },
         "member_ms_per_row_one_thread": per_member,
+        "stage_ms_per_row_one_thread": per_stage,
         "editions": editions,
         "guard_drops_first": drops[:6],
     }
@@ -260,6 +376,10 @@ def print_table(result: dict) -> None:
     print(
         "member ms per row (one thread): "
         + ", ".join(f"{k} {v}" for k, v in result["member_ms_per_row_one_thread"].items())
+    )
+    print(
+        "file-level ms per row (one thread, counted in the steady cost): "
+        + ", ".join(f"{k} {v}" for k, v in result["stage_ms_per_row_one_thread"].items())
     )
     print("edition         rows    limit  here (min)  4 cores (min)  fits on 4 cores")
     for e in result["editions"]:

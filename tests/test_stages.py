@@ -50,9 +50,11 @@ def _save(nodes, inputs, outputs, weights, path: Path) -> Path:
 def probe_weights(seed: int = 5) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
-        "w": rng.normal(0, 0.2, (DIM + 2 * N_LABELS, N_LABELS)).astype(np.float32),
-        "wm": rng.normal(0, 0.3, (N_LABELS, N_LABELS)).astype(np.float32),
-        "wx": rng.normal(0, 0.3, (N_LABELS, N_LABELS)).astype(np.float32),
+        # small enough that no output saturates: a rank blend orders float32 values, and two outputs one ulp
+        # apart near 1 would swap ranks between any two implementations
+        "w": rng.normal(0, 0.06, (DIM + 2 * N_LABELS, N_LABELS)).astype(np.float32),
+        "wm": rng.normal(0, 0.1, (N_LABELS, N_LABELS)).astype(np.float32),
+        "wx": rng.normal(0, 0.1, (N_LABELS, N_LABELS)).astype(np.float32),
         "hours": rng.normal(0, 0.5, (25, N_LABELS)).astype(np.float32),
     }
 
@@ -210,7 +212,30 @@ def built(tmp_path_factory) -> dict:
     return {"tmp": tmp, "bundle": b, "audio": audio, "summary": summary, "pw": pw, "sw": sw, "codes": codes}
 
 
-def naive_reference(built: dict) -> pd.DataFrame:
+def gate_graph(path: Path, threshold: float = 0.8, w: float = 0.5) -> Path:
+    """Gates on ranks: where both members' ranks pass ``threshold``, the rank blend mixed with the file's max of
+    it: ``(1 - w) b + w max_n b``; elsewhere ``b``."""
+    consts = {"t": np.array(threshold, np.float32), "w": np.array(w, np.float32), "one": np.array(1.0, np.float32)}
+    nodes = [
+        helper.make_node("Greater", ["rp", "t"], ["gp"]),
+        helper.make_node("Greater", ["rq", "t"], ["gq"]),
+        helper.make_node("And", ["gp", "gq"], ["gate"]),
+        helper.make_node("ReduceMax", ["b"], ["peak"], axes=[1], keepdims=1),
+        helper.make_node("Sub", ["one", "w"], ["keep"]),
+        helper.make_node("Mul", ["b", "keep"], ["m1"]),
+        helper.make_node("Mul", ["peak", "w"], ["m2"]),
+        helper.make_node("Add", ["m1", "m2"], ["mixed"]),
+        helper.make_node("Where", ["gate", "mixed", "b"], ["out"]),
+    ]
+    f = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info(k, f, [1, "n", N_LABELS]) for k in ("rp", "rq", "b")]
+    outputs = [helper.make_tensor_value_info("out", f, [1, "n", N_LABELS])]
+    return _save(nodes, inputs, outputs, consts, path)
+
+
+def member_reference(built: dict) -> dict[str, tuple[np.ndarray, np.ndarray, int, int]]:
+    """Per file: Perch's rows after its own steps and the probe's, on the decoded rows, and the rows claimed and
+    decoded (the naive computation: Perch on each row's 5-s window by ORT, scipy's gaussian, numpy's probe)."""
     """Every step computed directly: Perch on each row's 5-s window (ORT), its mapped sigmoid, gaussian smoothing
     (scipy, edge rows) and max scaling on the decoded rows, the probe's math, the weighted mean, the sequence head's
     math, then the fallback rows the header claims."""
@@ -218,7 +243,7 @@ def naive_reference(built: dict) -> pd.DataFrame:
     perch = m.members[0]
     sess = ort.InferenceSession(str(built["bundle"] / "perch.onnx"), providers=["CPUExecutionProvider"])
     hours = {f"{h:02d}": h for h in range(24)}
-    rows_out = []
+    out = {}
     for name in sorted(SECONDS):
         x, _ = sf.read(built["audio"] / name, dtype="float32")
         decoded = max(1, math.ceil(len(x) / (5 * SR) - 1e-9))
@@ -235,8 +260,18 @@ def naive_reference(built: dict) -> pd.DataFrame:
         q = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
         lg = np.log(q / (1 - q)).astype(np.float32)
         stem = Path(name).stem
-        site, _, hour = stem.partition("_")
+        hour = stem.partition("_")[2]
         probe = probe_reference(emb, lg, hours.get(hour, -1), built["pw"])
+        out[name] = (p.astype(np.float64), probe.astype(np.float32).astype(np.float64), claimed, decoded)
+    return out
+
+
+def naive_reference(built: dict) -> pd.DataFrame:
+    """The mean-blend pipeline: the weighted mean of Perch and the probe, the sequence head, the fallback rows."""
+    rows_out = []
+    for name, (p, probe, claimed, decoded) in member_reference(built).items():
+        stem = Path(name).stem
+        site = stem.partition("_")[0]
         blended = (p + PROBE_W * probe) / (1 + PROBE_W)
         final = seq_reference(blended, SITES.get(site, 2), built["sw"])
         final = np.clip(final, 0, 0.999999)
@@ -301,3 +336,82 @@ def test_stage_refusals_are_one_error_line_and_change_nothing(built, tmp_path) -
         errors = [x for x in done.stderr.splitlines() if x.startswith("bird-infer: error:")]
         assert done.returncode == 2 and len(errors) == 1 and culprit in errors[0], done.stderr[-2000:]
         assert {p.name: p.read_bytes() for p in b.iterdir()} == before
+
+
+def test_a_rank_blend_with_gates_on_ranks_equals_a_naive_reference(built, tmp_path) -> None:
+    """The same members, a rank blend, then a final stage gating on the members' ranks (with a rank blend a final
+    stage runs once every file is in; its member inputs are the members' ranks)."""
+    tmp = built["tmp"]
+    gate_graph(tmp_path / "gate.onnx")
+    b = tmp_path / "bundle"
+    cli("new-bundle", str(b), "--labels", str(tmp / "labels.txt"), cwd=tmp)
+    cli(
+        "add-member", str(b), "--onnx", "perch.onnx", "--name", "perch", "--output", "label", "--holds", "logits",
+        "--activation", "sigmoid", "--labels", "perch_labels.txt", "--embedding", "embedding", "--check-audio",
+        str(built["audio"]), cwd=tmp,
+    )  # fmt: skip
+    data = json.loads((b / "manifest.json").read_text())
+    data["members"][0]["steps"] = [{"step": "gaussian", "sigma": SIGMA}, {"step": "file_scale", "gamma": GAMMA}]
+    data["blend"] = {"rule": "rank"}
+    (b / "manifest.json").write_text(json.dumps(data, indent=2))
+    cli(
+        "add-stage", str(b), "--onnx", "probe.onnx", "--name", "probe", "--output", "probs",
+        "--input", "emb=embedding:perch:embedding", "--input", "lg=logits:perch", "--input", "hour=context:hour",
+        "--context-pattern", PATTERN, "--context-ids", "hour=hours.csv", "--weight", str(PROBE_W), cwd=tmp,
+    )  # fmt: skip
+    cli(
+        "add-stage", str(b), "--onnx", str(tmp_path / "gate.onnx"), "--name", "gate", "--output", "out",
+        "--role", "final", "--input", "rp=member:perch", "--input", "rq=member:probe", "--input", "b=blend", cwd=tmp,
+    )  # fmt: skip
+    summary = run_predict(built["audio"], b, tmp_path / "rank.csv", options=RunOptions(workers=2))
+    got = pd.read_csv(summary.out_path, dtype={"row_id": str})
+    members = member_reference(built)
+    names = list(members)
+    perch = np.concatenate([members[n][0] for n in names])
+    probe = np.concatenate([members[n][1] for n in names])
+
+    def ranks(x: np.ndarray) -> np.ndarray:
+        return (pd.DataFrame(x).rank(method="average").to_numpy() - 1) / len(x)
+
+    rp, rq = ranks(perch.astype(np.float32)), ranks(probe.astype(np.float32))
+    blended = (rp + PROBE_W * rq) / (1 + PROBE_W)
+    rows_out, start = [], 0
+    for n in names:
+        _, _, claimed, decoded = members[n]
+        sl = slice(start, start + decoded)
+        b_ = blended[sl]
+        gated = np.where((rp[sl] > 0.8) & (rq[sl] > 0.8), 0.5 * b_ + 0.5 * b_.max(axis=0), b_)
+        rows = np.zeros((claimed, N_LABELS))
+        rows[:decoded] = np.clip(gated, 0, 0.999999)
+        rows_out += [[f"{Path(n).stem}_{5 * (r + 1)}", *rows[r]] for r in range(claimed)]
+        start += decoded
+    ref = pd.DataFrame(rows_out, columns=["row_id", *built["codes"]]).set_index("row_id").loc[got.row_id]
+    worst = float(np.abs(got.iloc[:, 1:].to_numpy() - ref.to_numpy()).max())
+    print(f"rank blend + gates on ranks: max |csv - naive reference| = {worst:.3g}")
+    assert worst <= 1e-5
+    gated_cells = int(((rp > 0.8) & (rq > 0.8)).sum())
+    assert gated_cells > 0  # the gate fired somewhere
+
+
+def test_detect_with_stages_resumes_to_the_same_tables(built, tmp_path) -> None:
+    """``detect`` runs the stages in the workers as ``predict`` does; a run whose last files are undone (their
+    lines cut from the done log, their tables removed) and resumed writes the same tables."""
+    import shutil
+
+    from bird_infer.jobs.detect import DetectSettings, run_detect
+    from bird_infer.outputs.runrecord import DONE_LOG
+
+    settings = DetectSettings(rtypes=("csv",), min_conf=0.1)
+    straight = run_detect(built["audio"], built["bundle"], tmp_path / "a", settings, RunOptions(workers=2))
+    assert straight.n_predicted == len(SECONDS)
+    tables = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir() if p.name.endswith(".results.csv")}
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    done = (tmp_path / "b" / DONE_LOG).read_text().splitlines(keepends=True)
+    (tmp_path / "b" / DONE_LOG).write_text("".join(done[:2]))
+    for line in done[2:]:
+        stem = json.loads(line)["name"]
+        for p in (tmp_path / "b").glob(f"{stem}*.csv"):
+            p.unlink()
+    run_detect(built["audio"], built["bundle"], tmp_path / "b", settings, RunOptions(workers=2), resume=True)
+    again = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir() if p.name.endswith(".results.csv")}
+    assert len(tables) == len(SECONDS) and again == tables  # the error report is each run's own

@@ -138,10 +138,10 @@ def manifest_from_dict(d: dict[str, Any], root: Path, building: bool = False) ->
         {m.name: m.labels for m in members},
         {f"{m.name}:{e.name}" for m in members if m.source is None for e in m.folds[0].embeddings},
     )
-    if blend.rule == "rank" and any(s.role == "final" for s in stages):
+    if blend.rule == "rank" and any(s.role == "final" and s.sources("embedding") for s in stages):
         raise InvalidFieldError(
-            "a final stage runs on each file's blended rows, which a rank blend makes only once every file is in: "
-            "make the stage a member stage (role member), or use a mean or power blend"
+            "with a rank blend, final stages run once every file is in, on the ranks, and embeddings are not kept "
+            "until then: read embeddings in a member stage (role member), or use a mean or power blend"
         )
     return Manifest(
         labels=labels,

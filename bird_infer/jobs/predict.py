@@ -24,6 +24,7 @@ from bird_infer.run.outcomes import FileResult, StageTimes
 from bird_infer.run.plan import iter_outcomes, plan_run
 from bird_infer.run.postprocess import PostProcessor
 from bird_infer.run.runwide import MemberRows, finish
+from bird_infer.run.stages import file_stages
 from bird_infer.runtime.sessions import SessionSettings
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def run_predict(
                     store.add(path, outcome.member_probs)
                     outcome = dataclasses.replace(outcome, member_probs=None)
                 by_path[path] = outcome
-            by_path = finish(by_path, store, manifest, PostProcessor(manifest), stop_at)
+            by_path = finish(by_path, store, manifest, PostProcessor(manifest), stop_at, file_stages(manifest))
         finally:
             store.close()
     else:

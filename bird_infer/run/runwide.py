@@ -27,6 +27,7 @@ from bird_infer.contract.schema import FALLBACK_PROB
 from bird_infer.contract.text import describe_exception
 from bird_infer.run.outcomes import FileResult, Outcome
 from bird_infer.run.postprocess import PostProcessor
+from bird_infer.run.stages import FileStages
 from bird_infer.runtime.blend import blend, member_weights, rank_scale
 from bird_infer.runtime.machine import available_memory_bytes
 
@@ -210,12 +211,15 @@ def finish(
     manifest: Manifest,
     post: PostProcessor,
     stop_at: float | None = None,
+    stages: FileStages | None = None,
 ) -> dict[Path, Outcome]:
     """Every file whose member rows are in ``store``: ranked (a ``rank`` blend), blended by the manifest's weights
     and rule, post-processed; fallback rows keep the fallback. Other outcomes are returned as they are.
 
     ``stop_at`` (``time.perf_counter()``, the deadline's hard stop): work after the last file counts against the
-    limit too; a file reached after it keeps its blended rows without the post-processing steps, and says so."""
+    limit too; a file reached after it keeps its blended rows without the post-processing steps, and says so.
+    ``stages``: the final stages run on each file's rank-blended rows, their ``member:NAME`` inputs being that
+    member's ranks (gates on ranks)."""
     predicted = {}
     for p in store.paths():
         result = outcomes[p]
@@ -233,14 +237,25 @@ def finish(
         valid = predicted[p]
         probs = blend(store.get(p), weights, "mean" if rule == "rank" else rule, manifest.blend.power)
         probs[~valid] = FALLBACK_PROB
+        stage_notes: list[str] = []
+        if stages is not None and any(s.role == "final" for s in manifest.stages):
+            probs, stage_notes = stages.final(probs, valid, store.get(p), p, {})
         if stop_at is not None and post.active and time.perf_counter() >= stop_at:
             probs, _ = post.apply(probs, valid, p, steps=())  # the clip alone
             done[p] = dataclasses.replace(
-                result, probs=probs, notes=(*result.notes, POST_SKIPPED), postprocess_skipped=True, member_probs=None
+                result,
+                probs=probs,
+                notes=(*result.notes, *stage_notes, POST_SKIPPED),
+                postprocess_skipped=True,
+                member_probs=None,
             )
             continue
         probs, notes = post.apply(probs, valid, p)
         done[p] = dataclasses.replace(
-            result, probs=probs, notes=(*result.notes, *notes), prior_unmatched=bool(notes), member_probs=None
+            result,
+            probs=probs,
+            notes=(*result.notes, *stage_notes, *notes),
+            prior_unmatched=bool(notes),
+            member_probs=None,
         )
     return done
