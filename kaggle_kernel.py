@@ -132,6 +132,12 @@ def wheel_tags(wheels: Path) -> list:
     return sorted(tags)
 
 
+def wheel_of(wheels: Path, pip: str) -> list:
+    """The bundle's wheels of package ``pip`` (wheel names use underscores, any case)."""
+    stem = re.sub(r"[-_.]+", "_", pip).lower()
+    return [w for w in wheels.glob("*.whl") if re.sub(r"[-_.]+", "_", w.name.split("-")[0]).lower() == stem]
+
+
 def pip_install(wheels: Path, packages: list) -> "subprocess.CompletedProcess":
     """``pip install`` from the bundle's wheels only (``--no-index``: never the network)."""
     cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels)]
@@ -171,11 +177,20 @@ def ensure_runtime(bundles: list) -> None:
     proc = pip_install(wheel_dirs[0], missing)
     still = [m for m, pip in RUNTIME_MODULES.items() if pip in missing and importlib.util.find_spec(m) is None]
     if proc.returncode != 0 or still:
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        tags = wheel_tags(wheel_dirs[0])
+        if here in tags:  # wheels for this Python are there: name the ones missing, not the version
+            lacking = [pip for pip in (still or missing) if not wheel_of(wheel_dirs[0], pip)]
+            raise KernelError(
+                f"could not install {still or missing} from {wheel_dirs[0]}: the bundle holds wheels for this "
+                f"Python ({here}) but none for {lacking or still or missing} (a wheel is missing or was removed); "
+                f"rebuild the bundle with `bird-infer bundle` and attach it again.\n{proc.stderr[-2000:]}"
+            )
         raise KernelError(
             f"could not install {still or missing} from {wheel_dirs[0]}: this notebook runs Python "
-            f"{sys.version_info.major}.{sys.version_info.minor} ({here}), and the bundle holds wheels for "
-            f"{wheel_tags(wheel_dirs[0]) or 'no CPython version'}; rebuild it with "
-            f"`bird-infer bundle --python {sys.version_info.major}.{sys.version_info.minor}`.\n{proc.stderr[-2000:]}"
+            f"{version} ({here}), and the bundle holds wheels for "
+            f"{tags or 'no CPython version'}; rebuild it with "
+            f"`bird-infer bundle --python {version}`.\n{proc.stderr[-2000:]}"
         )
     print(f"installed {missing} from the bundle's wheels", flush=True)
 

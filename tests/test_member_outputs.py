@@ -15,7 +15,8 @@ import soundfile as sf
 
 from bird_infer.jobs.predict import run_predict
 from bird_infer.run.options import RunOptions
-from bird_infer.tools.add_member import MemberRequest, add_member, new_bundle
+from bird_infer.tools.add_member import MemberRequest, add_member
+from bird_infer.tools.bundle_folder import new_bundle
 from tests.standins import framewise_standin
 
 SR = 32000

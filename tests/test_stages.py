@@ -160,6 +160,20 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return done
 
 
+def steps_and_probe(b: Path, tmp: Path, blend: dict | None = None) -> None:
+    """Perch's own steps written into its entry (and a blend), as README says, then the probe stage added."""
+    data = json.loads((b / "manifest.json").read_text())
+    data["members"][0]["steps"] = [{"step": "gaussian", "sigma": SIGMA}, {"step": "file_scale", "gamma": GAMMA}]
+    if blend is not None:
+        data["blend"] = blend
+    (b / "manifest.json").write_text(json.dumps(data, indent=2))
+    cli(
+        "add-stage", str(b), "--onnx", "probe.onnx", "--name", "probe", "--output", "probs",
+        "--input", "emb=embedding:perch:embedding", "--input", "lg=logits:perch", "--input", "hour=context:hour",
+        "--context-pattern", PATTERN, "--context-ids", "hour=hours.csv", "--weight", str(PROBE_W), cwd=tmp,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("stages")
@@ -192,17 +206,7 @@ def built(tmp_path_factory) -> dict:
         str(audio), cwd=tmp,
     )  # fmt: skip
     # per-member steps: written into the member's entry, as README says
-    data = json.loads((b / "manifest.json").read_text())
-    data["members"][0]["steps"] = [
-        {"step": "gaussian", "sigma": SIGMA},
-        {"step": "file_scale", "gamma": GAMMA},
-    ]
-    (b / "manifest.json").write_text(json.dumps(data, indent=2))
-    cli(
-        "add-stage", str(b), "--onnx", "probe.onnx", "--name", "probe", "--output", "probs",
-        "--input", "emb=embedding:perch:embedding", "--input", "lg=logits:perch", "--input", "hour=context:hour",
-        "--context-pattern", PATTERN, "--context-ids", "hour=hours.csv", "--weight", str(PROBE_W), cwd=tmp,
-    )  # fmt: skip
+    steps_and_probe(b, tmp)
     cli(
         "add-stage", str(b), "--onnx", "seq.onnx", "--name", "seq", "--output", "out", "--role", "final",
         "--activation", "sigmoid", "--input", "b=blend", "--input", "site=context:site", "--input", "n=n",
@@ -350,15 +354,7 @@ def test_a_rank_blend_with_gates_on_ranks_equals_a_naive_reference(built, tmp_pa
         "--activation", "sigmoid", "--labels", "perch_labels.txt", "--embedding", "embedding", "--check-audio",
         str(built["audio"]), cwd=tmp,
     )  # fmt: skip
-    data = json.loads((b / "manifest.json").read_text())
-    data["members"][0]["steps"] = [{"step": "gaussian", "sigma": SIGMA}, {"step": "file_scale", "gamma": GAMMA}]
-    data["blend"] = {"rule": "rank"}
-    (b / "manifest.json").write_text(json.dumps(data, indent=2))
-    cli(
-        "add-stage", str(b), "--onnx", "probe.onnx", "--name", "probe", "--output", "probs",
-        "--input", "emb=embedding:perch:embedding", "--input", "lg=logits:perch", "--input", "hour=context:hour",
-        "--context-pattern", PATTERN, "--context-ids", "hour=hours.csv", "--weight", str(PROBE_W), cwd=tmp,
-    )  # fmt: skip
+    steps_and_probe(b, tmp, blend={"rule": "rank"})
     cli(
         "add-stage", str(b), "--onnx", str(tmp_path / "gate.onnx"), "--name", "gate", "--output", "out",
         "--role", "final", "--input", "rp=member:perch", "--input", "rq=member:probe", "--input", "b=blend", cwd=tmp,

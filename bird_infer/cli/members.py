@@ -13,8 +13,9 @@ from bird_infer.contract.sample import read_sample_columns
 from bird_infer.contract.schema import Shift, SourceSpec
 from bird_infer.contract.stages import StageContext
 from bird_infer.contract.training_config import read_labels_file
-from bird_infer.tools.add_member import MemberRequest, add_member, new_bundle, open_bundle, read_label_map
+from bird_infer.tools.add_member import MemberRequest, add_member, read_label_map
 from bird_infer.tools.add_stage import StageRequest, add_stage, read_id_table
+from bird_infer.tools.bundle_folder import new_bundle, open_bundle
 
 SHIFTS_EXAMPLE = "--shifts=-1.25:1,0:2,1.25:2"
 

@@ -23,6 +23,7 @@ from bird_infer.contract.name_pattern import NamePattern
 from bird_infer.contract.postprocess import Prior
 from bird_infer.contract.schema import FoldSpec, Member
 from bird_infer.contract.stages import Stage
+from bird_infer.contract.tables import read_text
 from bird_infer.contract.text import describe_exception
 
 
@@ -53,6 +54,13 @@ def _check_model_file(m: Manifest, member: Member, fold: FoldSpec) -> None:
         ) from e
     except Exception as e:  # onnx raises DecodeError and others: any failure means an unusable file
         raise ModelShapeError(f"fold {fold.name}: {path} is not a readable ONNX model ({describe_exception(e)})") from e
+    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise ModelShapeError(
+            f"fold {fold.name}: {path.name} keeps weights in external-data files ({external[:3]}...), which a "
+            "worker loading the checked bytes cannot read: add the model with `bird-infer add-member`, which inlines "
+            "them into the bundle's copy"
+        )
     graph_inputs = {i.name: onnx_dims(i) for i in model.graph.input}
     graph_outputs = {o.name: onnx_dims(o) for o in model.graph.output}
     if fold.input.name not in graph_inputs:
@@ -107,6 +115,15 @@ def verify_files(m: Manifest) -> None:
         check_stage_file(m, stage)
 
 
+def _present_and_intact(path: Path, sha256: str, what: str) -> None:
+    """``path`` is a file whose sha256 is ``sha256``; else the error names ``what`` and how to fix it."""
+    if not path.is_file():
+        raise ModelFileMissingError(f"{what} is missing; copy it next to manifest.json")
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise ChecksumMismatchError(f"{what} has sha256 {digest} but the manifest records {sha256}")
+
+
 def check_stage_file(m: Manifest, stage: Stage) -> None:
     """A stage's file: present, its sha256 as recorded, its graph's inputs exactly those the manifest feeds, its
     output there."""
@@ -114,11 +131,7 @@ def check_stage_file(m: Manifest, stage: Stage) -> None:
 
     path = m.root / stage.file
     where = f"stage {stage.name}"
-    if not path.is_file():
-        raise ModelFileMissingError(f"{where}: its file {path} is missing; copy it next to manifest.json")
-    digest = sha256_file(path)
-    if digest != stage.sha256:
-        raise ChecksumMismatchError(f"{where}: {path.name} has sha256 {digest} but the manifest records {stage.sha256}")
+    _present_and_intact(path, stage.sha256, f"{where}: its file {path.name}")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and others: any failure means an unusable file
@@ -160,15 +173,10 @@ def load_prior_table(m: Manifest, step: Prior) -> PriorTable:
     pattern or a bundle label, multipliers finite and >= 0. Raises a ManifestError subclass."""
     path = m.root / step.table
     where = f"postprocess prior table {step.table}"
-    if not path.is_file():
-        raise ModelFileMissingError(f"{where} is missing; copy it next to manifest.json")
-    digest = sha256_file(path)
-    if digest != step.sha256:
-        raise ChecksumMismatchError(f"{where} has sha256 {digest} but the manifest records {step.sha256}")
+    _present_and_intact(path, step.sha256, where)
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            table = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        table = list(csv.reader(read_text(path, where).splitlines()))
+    except csv.Error as e:
         raise InvalidFieldError(f"{where} cannot be read as a UTF-8 CSV ({e})") from e
     if not table:
         raise InvalidFieldError(f"{where} is empty; it needs a header: the pattern's groups, then labels")
@@ -185,6 +193,7 @@ def load_prior_table(m: Manifest, step: Prior) -> PriorTable:
     if not keys:
         raise InvalidFieldError(f"{where}: no key column; name one after a group of the pattern {sorted(groups)}")
     rows: dict[tuple[str, ...], tuple[float, ...]] = {}
+    lines: dict[tuple[str, ...], int] = {}
     for n, row in enumerate(body, start=2):
         if len(row) != len(header):
             raise InvalidFieldError(f"{where}, line {n}: {len(row)} cells, the header has {len(header)}")
@@ -198,5 +207,16 @@ def load_prior_table(m: Manifest, step: Prior) -> PriorTable:
                     values[j] = float("nan")
                 if not (math.isfinite(values[j]) and values[j] >= 0):
                     raise InvalidFieldError(f"{where}, line {n}: {label!r} must be a number >= 0, got {cells[label]!r}")
-        rows[tuple(cells[k] for k in keys)] = tuple(values)
+        key = tuple(cells[k] for k in keys)
+        if key in lines:
+            shown = dict(zip(keys, key, strict=True))
+            raise InvalidFieldError(f"{where}: the key {shown} is listed twice, on lines {lines[key]} and {n}")
+        lines[key] = n
+        top = max(values, default=1.0)
+        if top > 1 and step.beta * math.log10(top) > 300:
+            raise InvalidFieldError(
+                f"{where}, line {n}: a multiplier of {top:g} to the power beta {step.beta:g} overflows; lower beta or "
+                "the table's values"
+            )
+        rows[key] = tuple(values)
     return PriorTable(tuple(keys), rows)

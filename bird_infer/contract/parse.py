@@ -38,10 +38,19 @@ from bird_infer.contract.schema import (
 )
 from bird_infer.contract.text import control_chars
 
+MAX_WINDOW_SAMPLES = 600 * 192_000
+"""The most samples one window may hold (10 minutes at 192 kHz): a window past it is refused by name, before any
+memory is asked for."""
+
 
 def parse_audio(d: Any) -> AudioConfig:
     sr = positive(get_field(d, "sample_rate", "audio", field_doc(AudioConfig, "sample_rate")), "audio.sample_rate", int)
     clip_s = positive(get_field(d, "clip_s", "audio", field_doc(AudioConfig, "clip_s")), "audio.clip_s")
+    if sr * clip_s > MAX_WINDOW_SAMPLES:
+        raise InvalidFieldError(
+            f"audio: a window of {clip_s:g} s at {sr} Hz is {sr * clip_s:.0f} samples, past the bound of "
+            f"{MAX_WINDOW_SAMPLES} (10 minutes at 192 kHz); check audio.sample_rate and audio.clip_s"
+        )
     if not math.isclose(sr * clip_s, round(sr * clip_s)):
         raise InvalidFieldError("audio.sample_rate * audio.clip_s must be a whole number of samples")
     resampler = choice(d.get("resampler", "soxr_hq"), tuple(RESAMPLERS), "audio.resampler")

@@ -73,8 +73,8 @@ def parse_blend(d: Any, groups: dict[str, tuple[str, ...]], members: list[str]) 
         raise InvalidFieldError(f"manifest field 'blend' has unknown keys {sorted(unknown)}")
     rule = choice(d.get("rule", "mean"), BLEND_RULES, "blend.rule")
     power = number(d.get("power", 2.0), "blend.power")
-    if power <= 0:
-        raise InvalidFieldError(f"blend.power must be > 0, got {power!r}")
+    if not 1e-3 <= power <= 1e3:
+        raise InvalidFieldError(f"blend.power must be in [0.001, 1000] (a finite blend), got {power!r}")
     raw = d.get("group_weights", {})
     if not isinstance(raw, dict):
         raise InvalidFieldError("blend.group_weights must map label groups to {member: weight}")

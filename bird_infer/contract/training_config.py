@@ -13,6 +13,7 @@ from typing import Any
 from bird_infer.contract.errors import InvalidFieldError, ManifestError, MissingFieldError, ModelFileMissingError
 from bird_infer.contract.parse import check_labels, get_field, parse_audio, parse_ensemble, parse_frontend, parse_model
 from bird_infer.contract.schema import AudioConfig, EnsembleConfig, FrontendConfig, ModelConfig
+from bird_infer.contract.tables import read_lines, refuse_duplicates
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,11 @@ class TrainingConfig:
 
 
 def read_labels_file(path: str | Path) -> tuple[str, ...]:
-    """One label per line; blank lines ignored."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return tuple(s.strip() for s in lines if s.strip())
+    """One label per line; blank lines ignored; UTF-8 (BOM removed, NFC, :mod:`bird_infer.contract.tables`); a
+    label listed twice is refused with both line numbers."""
+    lines = read_lines(path, "the labels file")
+    refuse_duplicates(lines, f"labels file {path}")
+    return tuple(s for _, s in lines)
 
 
 def training_config_from_dict(d: dict[str, Any], base_dir: Path = Path(".")) -> TrainingConfig:

@@ -140,11 +140,12 @@ class HangTimeouts:
         self.factor = options.timeout_factor
         self.rows = rows
         self.s_per_row = 0.0
+        self.expected_s_per_row = options.expected_row_s
 
     def record(self, outcome: Outcome) -> None:
         if isinstance(outcome, FileResult) and outcome.n_rows:
             self.s_per_row = max(self.s_per_row, outcome.times.busy_s / outcome.n_rows)
 
     def limit_s(self, i: int) -> float:
-        per_row = self.s_per_row or self.DEFAULT_S_PER_ROW
+        per_row = max(self.s_per_row or self.DEFAULT_S_PER_ROW, self.expected_s_per_row)
         return self.floor_s + self.factor * self.rows[i] * per_row

@@ -44,6 +44,10 @@ class RunOptions:
     taken for hung: found in seconds, where the per-file timeout above is the last resort
     (:mod:`bird_infer.run.heartbeat`)."""
     stall_factor: float = 10.0
+    expected_row_s: float = 0.0
+    """Seconds one row of the bundle took in the check before any audio (:func:`~bird_infer.runtime.checks.
+    check_models`), one thread: a slow model is slow, not dead. The stall bound is at least ``stall_factor x``
+    a block of such rows, and the per-file timeout counts rows at least this slow."""
     engine: str = "pool"
     """One of :data:`ENGINES`: ``pool`` (this machine's process pool) or ``dask`` (a Dask cluster; see
     :mod:`bird_infer.run.dask_engine`)."""

@@ -112,6 +112,24 @@ class RunPlan:
         return self.options.workers_for(max(1, len(plan_tasks(self.options, [rows_of[p] for p in todo]))))
 
 
+def _say_if_too_slow(options: RunOptions, time_limit_s: float | None, rows: int) -> None:
+    """Say in the log, before any audio, when the check's pace (one thread) makes the run longer than its limit."""
+    if not time_limit_s or options.expected_row_s <= 0:
+        return
+    workers = options.workers_for(10**6)
+    projected_s = rows * options.expected_row_s / workers
+    if projected_s > time_limit_s:
+        log.warning(
+            "this bundle took %.2f s per row in its check (one thread): %d rows on %d workers project to %.0f min, "
+            "over the %.0f-min limit; the deadline guard will drop shifts and folds, then give fallback rows",
+            options.expected_row_s,
+            rows,
+            workers,
+            projected_s / 60,
+            time_limit_s / 60,
+        )
+
+
 def plan_run(
     audio: str | Path,
     models: str | Path,
@@ -133,7 +151,8 @@ def plan_run(
     manifest = load_manifest(models)
     sample_cols = read_sample_columns(sample_submission) if sample_submission else None
     column_order(manifest.labels, sample_cols)  # label mismatch fails here, before the audio
-    check_models(manifest)
+    row_s = check_models(manifest)
+    options = dataclasses.replace(options, expected_row_s=max(options.expected_row_s, row_s))
     scan = scan_audio(audio)
     entries = scan.entries
     for folder, why in scan.unlisted:
@@ -153,6 +172,7 @@ def plan_run(
     if not entries:
         log.warning("no audio files under %s", audio)
     readable = [p for p in entries if problems[p] is None]
+    _say_if_too_slow(options, time_limit_s, sum(r for p, r in zip(entries, rows, strict=True) if problems[p] is None))
     session, precision, _trials = choose_precision(manifest, options.session, readable, options.precision_bound)
     options = dataclasses.replace(options, session=session)
     outside = None

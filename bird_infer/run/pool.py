@@ -75,7 +75,8 @@ def _new_pool(workers: int, manifest: Manifest, options: RunOptions) -> tuple[Pr
 def _stall_bound(beats: Heartbeats, options: RunOptions, restarts: int = 0) -> float:
     """Silence taken for a stall: ``max(stall_floor_s, stall_factor x`` the slowest block seen), doubled for each
     time this run already replaced a pool whose queue was held (a bound that fired wrongly never loops)."""
-    return max(options.stall_floor_s, options.stall_factor * beats.slowest_block_s()) * 2**restarts
+    learned = options.stall_factor * options.expected_row_s * options.block_chunks  # a working slow model's block
+    return max(options.stall_floor_s, learned, options.stall_factor * beats.slowest_block_s()) * 2**restarts
 
 
 def _stalled(

@@ -52,6 +52,8 @@ def smooth_rows(probs: np.ndarray, valid: np.ndarray, weights: tuple[float, ...]
     """(n, L) -> (n, L): the weighted mean over each valid row's valid neighbours (see the module docstring)."""
     n = probs.shape[0]
     h = len(weights) // 2
+    top = max(weights)
+    weights = tuple(w / top for w in weights)  # scaled to at most 1: huge finite weights cannot overflow the sums
     acc = np.zeros(probs.shape, dtype=np.float64)
     wsum = np.zeros((n, 1), dtype=np.float64)
     for t, w in enumerate(weights):
@@ -251,7 +253,11 @@ class PostProcessor:
                     notes.append(f"prior {step.table}: {why}; rows left unchanged")
                 else:
                     out = apply_prior(out, valid, prior, step.beta)
-        return np.where(valid[:, None], np.clip(out, 0.0, PROB_MAX), out).astype(np.float32), notes
+        # every cell finite and in [0, PROB_MAX] whatever finite parameters the manifest holds: a NaN (0 x inf) is
+        # no evidence (0), an overflow is the most (PROB_MAX)
+        finite = np.nan_to_num(out.astype(np.float64), nan=0.0, posinf=PROB_MAX, neginf=0.0)
+        voted = valid[:, None] & ~np.isnan(probs)  # a member's columns without a vote stay NaN
+        return np.where(voted, np.clip(finite, 0.0, PROB_MAX), out).astype(np.float32), notes
 
     def _lookup(self, step: Prior) -> _Lookup | None:
         """The lookup of a step given by the caller (``tune``'s candidates): the manifest's step with its table."""

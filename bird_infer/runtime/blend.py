@@ -45,6 +45,8 @@ def blend(stack: np.ndarray, weights: np.ndarray, rule: str = "mean", power: flo
     acc = np.zeros(stack.shape[1:], dtype=np.float64)
     wsum = np.zeros_like(acc)
     k = power if rule == "power" else 1.0
+    top = weights.max(axis=0, keepdims=True) if weights.size else weights
+    weights = np.divide(weights, top, out=np.zeros_like(weights), where=top > 0)  # huge weights cannot overflow
     for p, w in zip(stack, weights, strict=True):
         voted = ~np.isnan(p)
         values = p.astype(np.float64)

@@ -5,6 +5,7 @@ loads but computes another width would otherwise kill every worker, file after f
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 
@@ -46,11 +47,15 @@ def _expected(member: Member, spec: TensorSpec, fold: FoldSpec) -> tuple[int | N
     return (1, width)
 
 
-def check_models(manifest: Manifest) -> None:
+def check_models(manifest: Manifest) -> float:
     """Load every fold of every member with ONNX Runtime and run it once; raise ModelCheckError naming the
     fold when it cannot be loaded or run, or computes shapes other than the manifest declares (the outputs the
     member uses, and the embeddings heads read). A fold whose output is not finite is only warned about: at run
-    time such outputs are left out chunk by chunk."""
+    time such outputs are left out chunk by chunk.
+
+    Returns the seconds one row took in those runs (every fold of every member, times its shifts; one thread, a
+    first run: an upper estimate), from which the run learns how slow a working model is (the stall bound)."""
+    row_s = 0.0
     for member in manifest.members:
         x = check_input(member)
         prefix = f"member {member.name}, " if len(manifest.members) > 1 else ""
@@ -70,7 +75,9 @@ def check_models(manifest: Manifest) -> None:
             main = fold.segmentwise if uses_frames and fold.segmentwise is not None else fold.clipwise
             wanted = [main, *fold.embeddings]
             try:
+                t0 = time.perf_counter()
                 outs = session.run([w.name for w in wanted], {fold.input.name: x})
+                row_s += (time.perf_counter() - t0) * (1 if member.source is not None else len(member.shifts))
             except Exception as e:
                 raise ModelCheckError(
                     f"{prefix}fold {fold.name}: {path.name} fails on a check input of shape {list(x.shape)} "
@@ -93,6 +100,7 @@ def check_models(manifest: Manifest) -> None:
                         spec.name,
                     )
             del session
+    return row_s
 
 
 def _check_birdnet(manifest: Manifest, member: Member, x: np.ndarray, prefix: str) -> None:

@@ -21,11 +21,10 @@ the first is kept, or with ``label_reduce`` (max, mean, any) all of them, reduce
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import hashlib
 import json
 import logging
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,13 +37,10 @@ from bird_infer.audio.files import find_audio_files
 from bird_infer.audio.logmel import LogMelFrontend
 from bird_infer.contract.birdnet import ebird_map
 from bird_infer.contract.bundle import Manifest
-from bird_infer.contract.errors import AddMemberError, AudioDecodeError
-from bird_infer.contract.files import onnx_dims, sha256_file
+from bird_infer.contract.errors import AddMemberError, AudioDecodeError, BirdInferError
 from bird_infer.contract.manifest import load_manifest, manifest_from_dict, write_manifest
-from bird_infer.contract.parse import check_labels
 from bird_infer.contract.schema import (
     ACTIVATIONS,
-    MANIFEST_NAME,
     AudioConfig,
     EnsembleConfig,
     FrontendConfig,
@@ -54,7 +50,11 @@ from bird_infer.contract.schema import (
     TensorSpec,
     index_columns,
 )
+from bird_infer.contract.tables import read_rows, refuse_duplicates
+from bird_infer.contract.text import describe_exception
 from bird_infer.runtime.ensemble import MemberModel
+from bird_infer.tools.bundle_folder import bundle_lock, open_bundle
+from bird_infer.tools.onnx_files import model_bytes, onnx_interface
 
 log = logging.getLogger(__name__)
 
@@ -113,20 +113,16 @@ class AddMemberResult:
 
 def read_label_map(path: str | Path, model_labels: Sequence[str], bundle_labels: Sequence[str]) -> dict[str, str]:
     """A CSV of ``member_label,bundle_label`` rows (a header row is allowed); every name must exist."""
-    rows = [
-        r for r in csv.reader(Path(path).read_text(encoding="utf-8").splitlines()) if r and any(c.strip() for c in r)
-    ]
-    if (
-        rows
-        and rows[0][0].strip() not in model_labels
-        and len(rows[0]) == 2
-        and rows[0][1].strip() not in bundle_labels
-    ):
-        rows = rows[1:]  # a header
-    bad_rows = [r for r in rows if len(r) != 2]
+    numbered = read_rows(path, "--label-map")
+    rows = [r for _, r in numbered]
+    if rows and rows[0][0] not in model_labels and len(rows[0]) == 2 and rows[0][1] not in bundle_labels:
+        numbered = numbered[1:]  # a header
+    bad_rows = [(n, r) for n, r in numbered if len(r) != 2]
     if bad_rows:
-        raise AddMemberError(f"label map {path}: every row needs member_label,bundle_label; got {bad_rows[0]}")
-    return check_label_map({a.strip(): b.strip() for a, b in rows}, model_labels, bundle_labels, str(path))
+        n, r = bad_rows[0]
+        raise AddMemberError(f"label map {path}, line {n}: every row needs member_label,bundle_label; got {r}")
+    refuse_duplicates([(n, r[0]) for n, r in numbered], f"label map {path} (a model label maps once)")
+    return check_label_map({a: b for _, (a, b) in numbered}, model_labels, bundle_labels, str(path))
 
 
 def check_label_map(
@@ -174,19 +170,6 @@ def map_labels(
     return labels, [columns[b][0] if len(columns[b]) == 1 else columns[b] for b in labels]
 
 
-def _onnx_interface(path: Path) -> tuple[dict[str, tuple], dict[str, tuple]]:
-    import onnx  # deferred: onnx takes ~0.3 s to import
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and others: any failure means an unusable file
-        raise AddMemberError(f"{path} is not a readable ONNX model ({e})") from e
-    init = {i.name for i in model.graph.initializer}
-    inputs = {i.name: onnx_dims(i) for i in model.graph.input if i.name not in init}
-    outputs = {o.name: onnx_dims(o) for o in model.graph.output}
-    return inputs, outputs
-
-
 def _spec(name: str, dims: tuple) -> TensorSpec:
     """A graph tensor as the manifest declares it: its sizes, or the graph's names for the dynamic ones."""
     return TensorSpec(name, tuple(dims))
@@ -205,7 +188,7 @@ def build_member(req: MemberRequest, bundle: Manifest) -> tuple[dict, int]:
         raise AddMemberError(f"--activation must be one of {ACTIVATIONS}")
     if not req.onnx.is_file():
         raise AddMemberError(f"--onnx {req.onnx} does not exist")
-    inputs, outputs = _onnx_interface(req.onnx)
+    inputs, outputs = onnx_interface(req.onnx)
     if req.output not in outputs:
         raise AddMemberError(f"{req.onnx.name} has no output named {req.output!r}; its outputs: {sorted(outputs)}")
     for e in req.embeddings:
@@ -242,7 +225,7 @@ def build_member(req: MemberRequest, bundle: Manifest) -> tuple[dict, int]:
     fold = {
         "name": req.name,
         "file": f"{req.name}.onnx",
-        "sha256": sha256_file(req.onnx),
+        "sha256": hashlib.sha256(model_bytes(req.onnx)).hexdigest(),
         "input": {"name": input_name, "shape": list(_spec(input_name, inputs[input_name]).shape)},
         "clipwise": clip,
         "segmentwise": clip if req.framewise else None,
@@ -292,7 +275,7 @@ def _check_rows(member: Member, manifest: Manifest, audio: Sequence[str | Path])
 
 
 def check_on_audio(
-    member: Member, manifest: Manifest, audio: Sequence[str | Path]
+    member: Member, manifest: Manifest, audio: Sequence[str | Path], n_model_labels: int | None = None
 ) -> tuple[tuple[float, float], float]:
     """Run the member once on real audio: shapes, finite, responsive, and probabilities in [0, 1] when declared so.
     Returns (the raw output's min and max, the largest spread of a member label)."""
@@ -309,6 +292,7 @@ def check_on_audio(
         member, ensemble=dataclasses.replace(member.ensemble, activation="none"), output_index=None, labels=()
     )
     raw = MemberModel(raw_member, manifest.root).sessions[0](member.folds[0].input.name, x.astype(np.float32))[0]
+    _check_computed_shape(member, raw.shape, n_model_labels)
     if not np.isfinite(raw).all():
         raise AddMemberError(f"member {member.name!r}: the model gives NaN or inf on {got['file'].name}")
     lo, hi = float(raw.min()), float(raw.max())
@@ -329,40 +313,41 @@ def check_on_audio(
     return (lo, hi), spread
 
 
-def new_bundle(folder: str | Path, labels: Sequence[str], row_s: float = 5.0, description: str = "") -> Path:
-    """Start a bundle in ``folder`` (made, or empty): a manifest with ``labels`` and no member yet, for
-    :func:`add_member` to fill. Returns the manifest's path. Raises AddMemberError (a folder that holds files),
-    InvalidFieldError (the labels)."""
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        what = "holds a bundle" if (folder / MANIFEST_NAME).exists() else "is not an empty folder"
-        raise AddMemberError(f"{folder} {what}; start a new bundle in a new or empty folder")
-    data = {
-        "schema_version": 2,
-        "description": description,
-        "labels": list(check_labels(list(labels), "the bundle's labels")),
-        "row_s": row_s,
-        "members": [],
-    }
-    manifest = manifest_from_dict(data, root=folder.absolute(), building=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    return write_manifest(manifest, folder)
-
-
-def open_bundle(bundle: str | Path) -> Manifest:
-    """The bundle add-member adds to (one being built included); a folder without a manifest is told how to start
-    one."""
-    if not (Path(bundle) / MANIFEST_NAME).exists():
+def _check_computed_shape(member: Member, computed: tuple[int, ...], n_model_labels: int | None = None) -> None:
+    """The output the member uses, as the model computed it on real audio, against what the file declares and the
+    labels given: a mismatch is refused with both numbers (shapes come from what the model computes)."""
+    fold = member.folds[0]
+    frames = member.ensemble.output in ("framewise", "segment_max") and fold.segmentwise is not None
+    spec = fold.segmentwise if frames else fold.clipwise  # the output the session runs first
+    declared = tuple(spec.shape)
+    wrong = len(declared) != len(computed) or any(
+        isinstance(d, int) and d != c for d, c in zip(declared[1:], computed[1:], strict=False)
+    )
+    if wrong:
         raise AddMemberError(
-            f"no {MANIFEST_NAME} in {bundle}: start a bundle there with `bird-infer new-bundle {bundle} --labels "
-            "labels.txt` (or --sample-submission sample_submission.csv), then add members"
+            f"member {member.name!r}: output {spec.name!r} is declared {list(declared)} in the ONNX file but the "
+            f"model computes {list(computed)} on the check audio; fix the export (the declared shape must be true)"
         )
-    return load_manifest(bundle, building=True)
+    width = computed[3 - member.ensemble.time_axis] if len(computed) == 3 else computed[-1]
+    problem = member.width_problem(width)
+    if problem is None and n_model_labels is not None and width != n_model_labels:
+        problem = f"{width} columns but {n_model_labels} model labels were given"
+    if problem is not None:
+        raise AddMemberError(
+            f"member {member.name!r}: output {spec.name!r} computes {list(computed)} on the check audio: {problem}; "
+            "give the model's labels in output order with --labels"
+        )
 
 
 def add_member(bundle: str | Path, req: MemberRequest, check_audio: Sequence[str | Path]) -> AddMemberResult:
     """Add the member ``req`` describes to the bundle in ``bundle`` (see the module docstring). The bundle may be
     one being built (:func:`new_bundle`): labels no member predicts yet are allowed until it is run or packed."""
+    open_bundle(bundle)  # a folder without a manifest is told how to start one, before any lock file is made
+    with bundle_lock(bundle):
+        return _add_member(bundle, req, check_audio)
+
+
+def _add_member(bundle: str | Path, req: MemberRequest, check_audio: Sequence[str | Path]) -> AddMemberResult:
     manifest = open_bundle(bundle)
     if any(m.name == req.name for m in manifest.members):
         raise AddMemberError(f"the bundle already has a member named {req.name!r}; choose another --name")
@@ -379,9 +364,17 @@ def add_member(bundle: str | Path, req: MemberRequest, check_audio: Sequence[str
         for p in manifest.root.iterdir():
             if p.is_file():
                 (staged / p.name).symlink_to(p.resolve())
-        shutil.copy2(req.onnx, staged / target.name)
-        output_range, spread = check_on_audio(member, dataclasses.replace(new, root=staged), check_audio)
-    shutil.copy2(req.onnx, target)
+        (staged / target.name).write_bytes(model_bytes(req.onnx))
+        try:
+            n_model = len(req.labels) if req.labels is not None else len(manifest.labels)
+            output_range, spread = check_on_audio(member, dataclasses.replace(new, root=staged), check_audio, n_model)
+        except BirdInferError:
+            raise
+        except Exception as e:  # ONNX Runtime's own errors (a graph it cannot load or run): named, with the file
+            raise AddMemberError(
+                f"{req.onnx.name} cannot be run by ONNX Runtime on the check audio: {describe_exception(e)}"
+            ) from e
+    target.write_bytes(model_bytes(req.onnx))
     try:
         write_manifest(new, manifest.root)
     except BaseException:

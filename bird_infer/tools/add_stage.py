@@ -27,7 +27,7 @@ from bird_infer.contract.manifest import manifest_from_dict, write_manifest
 from bird_infer.contract.stages import StageContext, stages_to_list
 from bird_infer.contract.text import describe_exception
 from bird_infer.run.stages import FileStages
-from bird_infer.tools.add_member import open_bundle
+from bird_infer.tools.bundle_folder import bundle_lock, open_bundle
 
 CHECK_ROWS = (1, 2000)
 """Row counts a stage is run with before it is added: a one-row file and a long one (a 2.8-hour file at 5 s)."""
@@ -132,6 +132,12 @@ def check_stage(manifest: Manifest, name: str) -> None:
 
 def add_stage(bundle: str | Path, req: StageRequest) -> Manifest:
     """Add the stage ``req`` describes to the bundle in ``bundle`` (see the module docstring)."""
+    open_bundle(bundle)
+    with bundle_lock(bundle):
+        return _add_stage(bundle, req)
+
+
+def _add_stage(bundle: str | Path, req: StageRequest) -> Manifest:
     manifest = open_bundle(bundle)
     if not req.onnx.is_file():
         raise AddMemberError(f"--onnx {req.onnx} does not exist")

@@ -16,19 +16,23 @@ The notebook's kernel installs what it lacks from ``wheels/`` with ``pip install
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import BundleError
 from bird_infer.contract.files import sha256_file
 from bird_infer.contract.manifest import load_manifest
+from bird_infer.contract.schema import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 
@@ -131,17 +135,46 @@ def build_bundle(
     title: str = "bird-infer bundle",
     wheels: bool = True,
 ) -> BundleResult:
-    """Write the bundle folder ``out`` (which must not exist or be empty). See the module docstring."""
+    """Write the bundle folder ``out`` (which must not exist or be empty). See the module docstring.
+
+    Built in a temporary folder beside ``out`` and renamed at the end: a failed build leaves nothing that blocks
+    the next. The manifest packed under ``models/manifest.json`` (the name the kernel reads) is the one given
+    (``--models models/manifest.tuned.json`` packs the tuned one)."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"{out} exists and is not empty; give a new folder")
     unknown = [e for e in extras if e not in EXTRA_PACKAGES]
     if unknown:
         raise BundleError(f"unknown extras {unknown}; known: {sorted(EXTRA_PACKAGES)}")
     manifest = load_manifest(models)  # a broken models folder fails here, not in the notebook
-    out.mkdir(parents=True, exist_ok=True)
+    given = Path(models) if Path(models).is_file() else Path(models) / MANIFEST_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        result = _fill(partial, manifest, given, pythons, extras, dataset_id, title, wheels)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return dataclasses.replace(result, folder=out)
+
+
+def _fill(
+    out: Path,
+    manifest: Manifest,
+    given: Path,
+    pythons: Sequence[str],
+    extras: Sequence[str],
+    dataset_id: str,
+    title: str,
+    wheels: bool,
+) -> BundleResult:
+    """The bundle's files, written into ``out`` (the temporary folder)."""
     copy_package(out / "bird_infer")
     shutil.copytree(manifest.root, out / "models", ignore=shutil.ignore_patterns("__pycache__", ".*"))
+    shutil.copy2(given, out / "models" / MANIFEST_NAME)  # the manifest given, under the name the kernel reads
     shutil.copy2(kernel_source(), out / "kaggle_kernel.py")
     names: list[str] = []
     if wheels:

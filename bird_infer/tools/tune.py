@@ -30,6 +30,8 @@ from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import BirdInferError
 from bird_infer.contract.postprocess import Blend, FileMaxMix, FileScale, PostProcess, Prior, Smooth, Step
 from bird_infer.contract.schema import FALLBACK_PROB, MANIFEST_NAME
+from bird_infer.contract.text import describe_exception
+from bird_infer.outputs.atomic import write_text
 from bird_infer.outputs.metrics import macro_roc_auc, padded_cmap
 from bird_infer.outputs.names import unique_stems
 from bird_infer.outputs.submission import build_submission
@@ -190,6 +192,57 @@ class _Scorer:
         return padded_cmap(truth, sub)
 
 
+def _bundle_files(manifest: Manifest) -> set[Path]:
+    """Every file a bundle is made of (its manifest, folds, int8 models, prior tables, stages), resolved."""
+    files = [manifest.root / MANIFEST_NAME]
+    for m in manifest.members:
+        for f in m.folds:
+            files.append(manifest.fold_path(f))
+            if f.int8 is not None:
+                files += [manifest.root / f.int8.file, manifest.root / f.int8.weights]
+        files += [manifest.root / s.table for s in m.steps if isinstance(s, Prior)]
+    files += [manifest.root / s.table for s in manifest.postprocess.steps if isinstance(s, Prior)]
+    files += [manifest.root / s.file for s in manifest.stages]
+    return {p.resolve() for p in files}
+
+
+def _tuned_target(manifest: Manifest, models: str | Path, out: str | Path | None) -> Path:
+    """Where the tuned manifest goes: ``out`` or ``manifest.tuned.json`` beside the manifest; refused when it is a
+    folder, lies elsewhere (its fold paths would not hold), or is any file of the bundle (the manifest it was
+    given included)."""
+    target = Path(out) if out is not None else manifest.root / "manifest.tuned.json"
+    if target.is_dir():
+        raise BirdInferError(
+            f"--out {target} is a folder; name the file to write, e.g. {target / 'manifest.tuned.json'}"
+        )
+    if target.resolve().parent != manifest.root.resolve():
+        raise BirdInferError(
+            f"write the tuned manifest beside {manifest.root / MANIFEST_NAME}, so that its fold paths hold"
+        )
+    given = Path(models) if Path(models).is_file() else Path(models) / MANIFEST_NAME
+    if target.resolve() in _bundle_files(manifest) | {given.resolve()}:
+        raise BirdInferError(
+            f"--out {target} is a file of the bundle ({target.resolve().name}); tune never overwrites it: name a new "
+            "file, e.g. manifest.tuned.json"
+        )
+    return target
+
+
+def read_truth(path: str | Path, labels: Sequence[str]) -> pd.DataFrame:
+    """The truth CSV (``row_id`` + one 0/1 column per label), checked before any audio: readable, a ``row_id``
+    column, and no label the bundle lacks."""
+    try:
+        truth = pd.read_csv(path, dtype={"row_id": str}, encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise BirdInferError(f"--truth {path} cannot be read as a UTF-8 CSV ({describe_exception(e)})") from e
+    if "row_id" not in truth.columns:
+        raise BirdInferError(f"--truth {path} has no row_id column; it needs row_id + one 0/1 column per label")
+    unknown = [c for c in truth.columns if c != "row_id" and c not in set(labels)]
+    if unknown:
+        raise BirdInferError(f"--truth {path} names labels the bundle lacks: {unknown[:10]} ({len(unknown)})")
+    return truth
+
+
 def tune(
     audio: str | Path,
     models: str | Path,
@@ -205,6 +258,15 @@ def tune(
     options = dataclasses.replace(options or RunOptions(), keep_member_rows=True)
     plan = plan_run(audio, models, unique_stems, options)
     manifest = plan.manifest
+    # every check on the output, the folds and the truth before any audio is read
+    target = _tuned_target(manifest, models, out)
+    readable = len(plan.paths)
+    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= max(2, readable):
+        raise BirdInferError(
+            f"--folds {folds}: cross-validation needs 2 to {readable} folds here (at least 2, so that each fold has "
+            f"held-out files, and at most the {readable} readable soundscapes)"
+        )
+    truth = read_truth(truth_csv, manifest.labels)
     names = dict(zip(plan.entries, plan.names, strict=True))
     members: dict[Path, np.ndarray] = {}
     predicted: dict[Path, np.ndarray] = {}
@@ -218,7 +280,6 @@ def tune(
     files = tuple(sorted(members))
     if len(files) < max(2, folds):
         raise BirdInferError(f"tune needs at least {max(2, folds)} predicted soundscapes, got {len(files)}")
-    truth = pd.read_csv(truth_csv, dtype={"row_id": str})
     scorer = _Scorer(manifest, members, predicted, names, truth, metric)
     grid = candidates(manifest, steps)
     untuned = Candidate(manifest.blend, manifest.postprocess.steps, tuple(m.weight for m in manifest.members))
@@ -249,12 +310,7 @@ def tune(
         postprocess=PostProcess(best.steps),
         members=tuple(dataclasses.replace(m, weight=weights[m.name]) for m in manifest.members),
     )
-    target = Path(out) if out is not None else manifest.root / "manifest.tuned.json"
-    if target.resolve().parent != manifest.root.resolve():
-        raise BirdInferError(
-            f"write the tuned manifest beside {manifest.root / MANIFEST_NAME}, so that its fold paths hold"
-        )
-    target.write_text(json.dumps(tuned.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_text(target, json.dumps(tuned.to_dict(), indent=2) + "\n")
     return TuneResult(
         rows=rows,
         best=best,
