@@ -151,7 +151,7 @@ def plan_run(
     manifest = load_manifest(models)
     sample_cols = read_sample_columns(sample_submission) if sample_submission else None
     column_order(manifest.labels, sample_cols)  # label mismatch fails here, before the audio
-    row_s = check_models(manifest)
+    row_s = check_models(manifest) or 0.0  # seconds per row (a stand-in check may say nothing)
     options = dataclasses.replace(options, expected_row_s=max(options.expected_row_s, row_s))
     scan = scan_audio(audio)
     entries = scan.entries
