@@ -236,11 +236,11 @@ def stage_ms(models: Path, rows: int = 12) -> dict[str, float]:
     """The member steps and each file-level stage, per row, on a 1-min file's 12 generated rows (one thread)."""
     from bird_infer.contract.manifest import load_manifest
     from bird_infer.run.stages import FileStages
-    from bird_infer.tools.add_stage import _generated
+    from bird_infer.tools.add_stage import generated_rows
 
     manifest = load_manifest(models)
     stages = FileStages(manifest)
-    stack, extras = _generated(manifest, rows)
+    stack, extras = generated_rows(manifest, rows)
     valid = np.ones(rows, dtype=bool)
     name = Path("S03_20260601_060000.ogg")
     stages.members(stack, valid, name, extras)  # warm-up

@@ -116,9 +116,13 @@ def manifest_from_dict(d: dict[str, Any], root: Path, building: bool = False) ->
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise InvalidFieldError(f"member names repeat: {dup}; give each member its own name")
-    covered = {x for m in members for x in m.labels} | {
-        x for st in d.get("stages") or [] if isinstance(st, dict) for x in st.get("labels") or []
-    }
+    stages = parse_stages(
+        d.get("stages"),
+        labels,
+        {m.name: m.labels for m in members},
+        {f"{m.name}:{e.name}" for m in members if m.source is None for e in m.folds[0].embeddings},
+    )
+    covered = {x for m in members for x in m.labels} | {x for s in stages for x in s.labels}
     uncovered = [x for x in labels if x not in covered]
     if uncovered and not building:
         raise InvalidFieldError(
@@ -132,12 +136,6 @@ def manifest_from_dict(d: dict[str, Any], root: Path, building: bool = False) ->
     if not isinstance(drop_order, list) or any(n not in names for n in drop_order):
         raise InvalidFieldError(f"drop_order must list member names {names}, got {drop_order!r}")
     blend = parse_blend(d.get("blend", {}), groups, names)
-    stages = parse_stages(
-        d.get("stages"),
-        labels,
-        {m.name: m.labels for m in members},
-        {f"{m.name}:{e.name}" for m in members if m.source is None for e in m.folds[0].embeddings},
-    )
     if blend.rule == "rank" and any(s.role == "final" and s.sources("embedding") for s in stages):
         raise InvalidFieldError(
             "with a rank blend, final stages run once every file is in, on the ranks, and embeddings are not kept "

@@ -101,7 +101,8 @@ def run_predict(
                     store.add(path, outcome.member_probs)
                     outcome = dataclasses.replace(outcome, member_probs=None)
                 by_path[path] = outcome
-            by_path = finish(by_path, store, manifest, PostProcessor(manifest), stop_at, file_stages(manifest))
+            post = PostProcessor(manifest)
+            by_path = finish(by_path, store, manifest, post, stop_at, file_stages(manifest, post))
         finally:
             store.close()
     else:

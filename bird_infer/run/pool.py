@@ -127,19 +127,10 @@ def _pool_processes(pool: ProcessPoolExecutor) -> list[multiprocessing.process.B
     return list((getattr(pool, "_processes", None) or {}).values())
 
 
-def _kill_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool now, running tasks included (shutdown alone would wait for them)."""
-    processes = _pool_processes(pool)
-    for p in processes:
-        p.kill()
-    for p in processes:
-        p.join(timeout=5)
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
 def end_pool(pool: ProcessPoolExecutor, grace_s: float = END_GRACE_S) -> None:
-    """End a pool whose work is over: nothing queued is started, every worker gets SIGTERM, and SIGKILL after
-    ``grace_s`` (a stopped worker never acts on SIGTERM, and would keep the interpreter's exit waiting on it)."""
+    """End a pool: nothing queued is started, every worker gets SIGTERM, and SIGKILL after ``grace_s`` (a stopped
+    worker never acts on SIGTERM, and would keep the interpreter's exit waiting on it). ``grace_s=0`` stops it now,
+    running tasks included (a dead or hung worker's pool, the hard stop, Ctrl-C)."""
     processes = _pool_processes(pool)
     pool.shutdown(wait=False, cancel_futures=True)
     for p in processes:
@@ -167,7 +158,7 @@ def run_in_pool(book: TaskBook, manifest: Manifest, workers: int, rows: Sequence
         while True:
             if book.must_stop():
                 book.stop_unfinished([i for i, _ in in_flight.values()])
-                _kill_pool(pool)
+                end_pool(pool, grace_s=0.0)
                 yield from book.drain()
                 return
             # At most one file per worker, so that a file's time in flight is its running time (the hang
@@ -224,7 +215,7 @@ def run_in_pool(book: TaskBook, manifest: Manifest, workers: int, rows: Sequence
                             book.requeue(i)
                         in_flight.clear()
                         restarts += 1
-                        _kill_pool(pool)
+                        end_pool(pool, grace_s=0.0)
                         pool, beats = _new_pool(workers, manifest, book.options)
                     elif stall is not None:
                         fut, hung, silent = stall
@@ -250,7 +241,7 @@ def run_in_pool(book: TaskBook, manifest: Manifest, workers: int, rows: Sequence
                 log.warning(
                     "a worker process died or hung; starting a new pool, %d file(s) to retry", len(book.suspects)
                 )
-                _kill_pool(pool)
+                end_pool(pool, grace_s=0.0)
                 pool, beats = _new_pool(workers, manifest, book.options)
             yield from book.drain()
     except BaseException as e:
@@ -258,7 +249,7 @@ def run_in_pool(book: TaskBook, manifest: Manifest, workers: int, rows: Sequence
         # wait for their files. After Ctrl-C, a second Ctrl-C during the clean-up ends the process at once.
         if isinstance(e, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-        _kill_pool(pool)
+        end_pool(pool, grace_s=0.0)
         raise
     finally:
         end_pool(pool)

@@ -45,8 +45,9 @@ class FilePredictor:
         self.keep_members = keeps_member_rows(manifest, options)
         self.on_block: Callable[[], None] | None = None
         """Called after every decoded block (a pool worker's heartbeat, :mod:`bird_infer.run.heartbeat`)."""
-        self.post = None if self.keep_members else PostProcessor(manifest)
-        self.stages = file_stages(manifest)
+        post = PostProcessor(manifest)
+        self.post = None if self.keep_members else post
+        self.stages = file_stages(manifest, post)
 
     def predict_file(self, path: Path, n_folds: int | None = None) -> FileResult:
         """The file's rows: decoded once, each distinct front-end once per block, the bundle's first ``n_folds``

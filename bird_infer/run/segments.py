@@ -123,13 +123,12 @@ def assemble(
     blend_rule = manifest.blend
     rule = "mean" if blend_rule.rule == "rank" else blend_rule.rule  # a rank blend is made with every row, later
     weights = member_weights(manifest)
-    n_members = len(manifest.members)
     stage_notes: list[str] = []
     stage_s = 0.0
     extras: dict[str, np.ndarray] = {}
     if stages is not None and stages.active:
         extras = extra_rows(manifest, parts, tail.decoded_rows)
-        voted = ~np.isnan(blend(stack, weights[:n_members], rule, blend_rule.power)).any(axis=1)
+        voted = (~np.isnan(stack)).any(axis=0).all(axis=1)  # rows the members' blend will fill
         stack, stage_notes = stages.members(stack, voted, path, extras)
         stage_s = stages.last_s
     probs = blend(stack, weights, rule, blend_rule.power)

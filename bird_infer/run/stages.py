@@ -63,9 +63,10 @@ class _StageRunner:
 class FileStages:
     """A bundle's member steps and file-level stages, ready for one process."""
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, post: PostProcessor | None = None) -> None:
         self.manifest = manifest
-        self.post = PostProcessor(manifest)
+        self.post = post or PostProcessor(manifest)
+        """Runs the members' own steps (the process's post-processor when it has one: prior tables read once)."""
         self.position = {label: j for j, label in enumerate(manifest.labels)}
         self.runners = {s.name: _StageRunner(manifest, s) for s in manifest.stages}
         self.names = stack_names(manifest)
@@ -185,8 +186,9 @@ class FileStages:
         return None
 
 
-def file_stages(manifest: Manifest) -> FileStages | None:
-    """A process's :class:`FileStages` when the bundle has member steps or stages, else None."""
+def file_stages(manifest: Manifest, post: PostProcessor | None = None) -> FileStages | None:
+    """A process's :class:`FileStages` when the bundle has member steps or stages, else None (``post``: the
+    process's post-processor, reused)."""
     if manifest.stages or any(m.steps for m in manifest.members):
-        return FileStages(manifest)
+        return FileStages(manifest, post)
     return None

@@ -85,7 +85,7 @@ def _stage_dict(req: StageRequest, bundle: Manifest) -> dict:
     return d
 
 
-def _generated(manifest: Manifest, n: int, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def generated_rows(manifest: Manifest, n: int, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A stack of member rows (probabilities in (0, 1)) and every declared embedding, for ``n`` rows."""
     rng = np.random.default_rng(seed)
     stack = np.full((len(manifest.members), n, len(manifest.labels)), np.nan, np.float32)
@@ -108,7 +108,7 @@ def check_stage(manifest: Manifest, name: str) -> None:
     stages = FileStages(manifest)
     stage = next(s for s in manifest.stages if s.name == name)
     for n in CHECK_ROWS:
-        stack, extras = _generated(manifest, n)
+        stack, extras = generated_rows(manifest, n)
         valid = np.ones(n, dtype=bool)
         try:
             full, notes = stages.members(stack, valid, Path("check_00h.wav"), extras)
