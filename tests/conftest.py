@@ -27,6 +27,39 @@ def no_host_kaggle(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Tem
     monkeypatch.setenv("BIRD_INFER_KAGGLE_INPUT", str(tmp_path_factory.getbasetemp() / "no_kaggle_input"))
 
 
+@pytest.fixture(autouse=True)
+def no_host_birdnet_onnx(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test sees a BirdNET ONNX body converted on the host: tests that run one ask for ``converted_birdnet``."""
+    monkeypatch.setenv("BIRD_INFER_BIRDNET_ONNX", str(tmp_path_factory.getbasetemp() / "no_birdnet_onnx"))
+    monkeypatch.setenv("BIRD_INFER_CACHE", str(tmp_path_factory.getbasetemp() / "bird_infer_cache"))
+
+
+CONVERTER_ENV = "BIRD_INFER_CONVERTER_PYTHON"
+"""A Python with tensorflow and tf2onnx (``.ci/run`` makes one in ``.ci/convert-venv``): the converter the BirdNET
+ONNX tests convert with, once per session."""
+
+
+@pytest.fixture(scope="session")
+def converted_birdnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """BirdNET V2.4 converted by ``bird-infer birdnet-onnx`` (checked on real audio), once per session. Without a
+    converter this fails in CI and skips elsewhere, saying how to get one."""
+    import os
+
+    from bird_infer.contract.birdnet_onnx import CONVERTER_HINT
+    from bird_infer.tools.birdnet_convert import convert, has_converter
+
+    python = os.environ.get(CONVERTER_ENV, sys.executable)
+    if not has_converter(python):
+        why = f"no converter: set ${CONVERTER_ENV} to a Python with tensorflow and tf2onnx ({CONVERTER_HINT})"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    out = tmp_path_factory.mktemp("birdnet_onnx") / "birdnet-v2.4-onnx"
+    audio = sorted(real_audio_dir("opensoundscape").glob("*.wav"))[:2]
+    convert(out, python, audio)
+    return out
+
+
 def real_audio_dir(sub: str = "") -> Path:
     path = SHARED_AUDIO / sub
     if not path.is_dir() or not any(path.rglob("*.wav")):

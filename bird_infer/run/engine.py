@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import NonFiniteOutputError
+from bird_infer.run.analyzer import join_analyses
 from bird_infer.run.book import TaskBook
 from bird_infer.run.deadline import DeadlineGuard
 from bird_infer.run.options import RunOptions, aligned_blocks, keeps_member_rows
@@ -62,6 +63,8 @@ class _Assembler:
         failed = [p for p in parts if isinstance(p, FileFailure)]
         if failed:
             return FileFailure(path, f"{failed[0].reason} (in rows of a segment)", attempts)
+        if parts[0].analysis is not None:  # type: ignore[union-attr]  # bird-infer analyze's parts: pieces
+            return replace(join_analyses(path, parts), attempts=attempts)  # type: ignore[arg-type]
         try:
             if self._stages is None:
                 self._stages = file_stages(self.manifest)

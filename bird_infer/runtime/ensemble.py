@@ -16,7 +16,7 @@ from bird_infer.audio.logmel import LogMelFrontend
 from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import NonFiniteOutputError, PrecisionRefusedError
 from bird_infer.contract.schema import PROB_MAX, FrontendConfig, Member, fold_file
-from bird_infer.runtime.birdnet import BirdnetRunner
+from bird_infer.runtime.birdnet import BirdnetRunner, birdnet_classifier
 from bird_infer.runtime.sessions import SessionSettings, checked_bytes, make_openvino_runner, ort_runner
 
 
@@ -107,7 +107,8 @@ class MemberModel:
         if member.birdnet is not None:  # BirdNET's TFLite model, whatever the backend (bird_infer.runtime.birdnet)
             fold = member.folds[0]
             model = checked_bytes(fold_file(root, fold), fold.sha256, f"fold {fold.name}")
-            runner = BirdnetRunner(model, member.birdnet, member.audio.clip_s, st.intra_op_threads)
+            classifier = birdnet_classifier(model, member.birdnet, st.intra_op_threads)
+            runner = BirdnetRunner(classifier, member.birdnet, member.audio.clip_s)
             self._inputs = [fold.input.name]
             self.sessions = [lambda name_in, x: [runner(name_in, x)]]
             return

