@@ -1,7 +1,7 @@
 """Where ``bird-infer analyze``'s time goes, per minute of audio, one thread: decode, resampling (resampy's
 ``kaiser_fast``, what BirdNET-Analyzer's librosa calls, and bird_infer's identical one), the band-pass, the
-front, the ONNX body, and writing the tables. Each stage is timed alone on the same minute, ``--repeats`` times (median), and set against the model
-(front + body): a stage above 10 % of it is worth taking down.
+front, the ONNX body, and writing the tables. Each stage is timed alone on the same minute, ``--repeats``
+times (median), and set against the model (front + body): a stage above 10 % of it is worth taking down.
 
     python benchmarks/birdnet_stages.py --birdnet-onnx DIR [--rate 44100] [--repeats 5]
 """

@@ -266,3 +266,31 @@ def test_a_disk_that_fills_up_mid_spill_costs_no_work(tmp_path, tiny_bundle, mon
             run_predict(tmp_path / "audio", models, out, options=options)
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []
     assert len(calls) >= 2
+
+
+# --- 4. a script without a main guard ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_runs_to_its_end(tmp_path, tiny_bundle) -> None:
+    """multiprocessing's spawn runs the parent's main script again in every worker before it becomes one. A script
+    that calls ``main`` at its top level (no ``if __name__ == "__main__":``) used to start a job in each worker:
+    refused there, and the parent then waited on that worker for ever (measured before the fix: killed at 150 s).
+    Now ``main`` in a starting worker returns at once, the worker starts, and the run ends with every file."""
+    manifest, _, _ = tiny_bundle
+    write_tones(tmp_path / "audio", ["a.wav", "b.wav", "c.wav"])
+    script = tmp_path / "unguarded.py"
+    out = tmp_path / "sub.csv"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from bird_infer.cli import main\n"
+        f"rc = main(['-q', 'predict', '--audio', {str(tmp_path / 'audio')!r}, '--models', {str(manifest.root)!r}, "
+        f"'--out', {str(out)!r}, '--workers', '2'])\n"
+        "print('DONE', rc)\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "DONE 0"
+    assert len(out.read_text().splitlines()) == 1 + 3 * 2  # a header and two 5-s rows per 6-s file

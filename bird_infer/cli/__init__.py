@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import multiprocessing
 import os
 import sys
 from collections.abc import Sequence
@@ -371,7 +372,17 @@ class _Tolerant:
         return getattr(self._stream, name)
 
 
+def in_worker_bootstrap() -> bool:
+    """Whether this process is a worker being started by ``multiprocessing``'s spawn, which runs the parent's main
+    script again before it becomes a worker. A script that calls :func:`main` without an ``if __name__ ==
+    "__main__":`` guard then calls it in every worker; run there, the job would start a pool of its own (refused by
+    multiprocessing) and the parent would wait for that worker for ever."""
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if in_worker_bootstrap():  # a worker re-running the user's script: not the job; let it become a worker
+        return 0
     restore_interrupts()
     sys.stdout, sys.stderr = _Tolerant(sys.stdout), _Tolerant(sys.stderr)
     args = build_parser().parse_args(argv)
