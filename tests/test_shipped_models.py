@@ -12,7 +12,7 @@ from bird_infer.contract.manifest import load_manifest
 from bird_infer.export import non_portable_nodes
 from bird_infer.runtime.ensemble import FoldEnsemble
 from bird_infer.tools.synth import CALL_TYPES, Backgrounds, make_call
-from tests.conftest import ROOT, SHARED_AUDIO, real_audio_dir
+from tests.conftest import ROOT, TEST_AUDIO, real_audio_dir
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def soundscape_with_calls(seconds: float, placed: list[tuple[str, float]], seed:
     """Background (real recordings when present) with each (label, start second) call at 15 dB SNR."""
     rng = np.random.default_rng(seed)
     sr = 32000
-    bgs = Backgrounds([SHARED_AUDIO] if SHARED_AUDIO.is_dir() else [], sr, rng)
+    bgs = Backgrounds([TEST_AUDIO], sr, rng)
     x = bgs.get(int(seconds * sr))
     for label, start_s in placed:
         call = make_call(label, rng, sr).astype(np.float64)
@@ -79,22 +79,23 @@ def test_shipped_folds_respond_to_their_input(shipped) -> None:
 
 
 def test_shipped_models_give_the_fixture_bytes(tmp_path) -> None:
-    """The CSV and error report of the shipped models on the shared recordings (plus three bad entries) are the
+    """The CSV and error report of the shipped models on the test recordings (plus three bad entries) are the
     bytes the code before the layered package wrote (``python -m tests.parity``). Rounding of the last printed
     digit follows the CPU's vector extensions; on a CPU other than the fixture's, values are compared to 2e-6."""
+    import io
     import json
 
-    from tests.parity import FIXTURE, cpu_signature, predict_into
+    from tests.parity import BAD, FIXTURE, cpu_signature, fixture_rows, predict_into
 
-    real_audio_dir()
+    stems = {p.stem for p in real_audio_dir().rglob("*.wav")} | set(BAD)
     csv, report = predict_into(tmp_path)
     assert report.read_bytes() == (FIXTURE / "shipped_submission_errors.csv").read_bytes()
-    want = (FIXTURE / "shipped_submission.csv").read_bytes()
+    want = fixture_rows((FIXTURE / "shipped_submission.csv").read_text(encoding="utf-8"), stems)
     same_cpu = json.loads((FIXTURE / "cpu.json").read_text()) == cpu_signature()
     if same_cpu:
-        assert csv.read_bytes() == want
+        assert csv.read_text(encoding="utf-8") == want
         return
-    got, ref = pd.read_csv(csv), pd.read_csv(FIXTURE / "shipped_submission.csv")
+    got, ref = pd.read_csv(csv), pd.read_csv(io.StringIO(want))
     assert got.columns.tolist() == ref.columns.tolist() and got["row_id"].tolist() == ref["row_id"].tolist()
     labels = ref.columns[1:]
     assert np.abs(got[labels].to_numpy() - ref[labels].to_numpy()).max() <= 2e-6
