@@ -24,6 +24,7 @@ from bird_infer.runtime.birdnet_front import read_front, spectrograms
 from bird_infer.runtime.birdnet_onnx import ONNX_ENGINES, OnnxSegmentClassifier, choose_engine, load_converted
 from bird_infer.tools.compare_tables import compare_folders
 from tests.conftest import real_audio_dir
+from tests.test_analyze import RUNS
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "birdnet_analyzer"
 OWN = {"bird_infer_analyze_done.jsonl"}
@@ -145,23 +146,13 @@ def test_analyze_without_a_converted_body_runs_tflite_and_says_how(tmp_path: Pat
     assert (tmp_path / "o" / "aru_1.BirdNET.selection.table.txt").is_file()
 
 
-def _golden_runs():
-    import importlib.util
-
-    script = GOLDEN.parent.parent.parent / "scripts" / "birdnet_golden.py"
-    spec = importlib.util.spec_from_file_location("birdnet_golden", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.RUNS
-
-
 def test_analyze_on_onnx_gives_birdnet_analyzers_tables(converted_birdnet: Path, tmp_path: Path, monkeypatch) -> None:
     """Every golden run, by default (no option): the same detections, a confidence at most one unit apart in its
     4th decimal on at most :data:`MAX_APART_SHARE` of the lines."""
     monkeypatch.setenv("BIRD_INFER_BIRDNET_ONNX", str(converted_birdnet))
     audio = real_audio_dir()
     lines = apart = 0
-    for name, (inp, options) in _golden_runs().items():
+    for name, (inp, options) in RUNS.items():
         opts = [o.replace("{SLIST}", str(GOLDEN / "slist.txt")) for o in options]
         out = tmp_path / name
         assert main(["-q", "analyze", f"{audio}/{inp}", "-o", str(out), "-t", "2", *opts]) == 0

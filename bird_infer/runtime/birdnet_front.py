@@ -26,10 +26,12 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from bird_infer.contract.birdnet_onnx import CUT
 from bird_infer.contract.extras import import_extra
 
-FRONTS = ("model/MEL_SPEC1", "model/MEL_SPEC2")
-"""The graph's two mel layers; each one's ``Cast`` output is an input of the ONNX body."""
+FRONTS = tuple(cast.rsplit("/", 1)[0] for cast in CUT)
+"""The graph's two mel layers; each one's ``Cast`` output (:data:`~bird_infer.contract.birdnet_onnx.CUT`) is an
+input of the ONNX body."""
 BLOCK_FRAMES = 64
 """Frames transformed at a time: small enough for the float64 buffers to stay in cache (measured: 7.3 ms per
 segment for both fronts, against 20 ms for the whole (511, 2048) block at once)."""

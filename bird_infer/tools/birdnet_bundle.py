@@ -70,8 +70,8 @@ def onnx_body() -> tuple[str, str] | None:
             "no converted ONNX body in %s: the member runs BirdNET's TFLite graph (bird-infer birdnet-onnx)", folder
         )
         return None
+    load_converted(folder)  # the body and front checked against the record
     record = read_record(folder)
-    load_converted(folder)
     return record.body_sha256, record.converter
 
 
