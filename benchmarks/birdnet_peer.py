@@ -18,7 +18,7 @@ identical, and lines that differ only by a confidence one unit apart in its 4th 
 
 One long recording: ``--files 1 --minutes 60``.
 
-Not run by CI (it installs TensorFlow); its numbers are in README's "Switching from BirdNET-Analyzer".
+Not run by CI (it installs TensorFlow); its numbers are in docs/birdnet.md, "Switching from BirdNET-Analyzer".
 """
 
 from __future__ import annotations

@@ -216,7 +216,7 @@ KAGGLE_IMAGE = ["numpy", "pandas", "scipy", "soundfile", "ipykernel"]
 
 @pytest.mark.slow
 def test_offline_notebook_installs_from_the_bundle_and_writes_the_submission(tmp_path, tiny_bundle, monkeypatch):
-    """The README's three steps, for real: bird-infer bundle (of a two-member bundle); a 2026-style input tree;
+    """docs/kaggle.md's three steps, for real: bird-infer bundle (of a two-member bundle); a 2026-style input tree;
     kaggle_kernel.py pasted into one cell of a Jupyter kernel whose Python has no onnxruntime and no bird_infer,
     pip's index off."""
     nbformat = pytest.importorskip("nbformat")

@@ -1,6 +1,6 @@
 """A bundle from nothing, with the commands only and no torch (issue 29): ``new-bundle`` from a label list, then
 ``add-member`` for a frame-wise waveform member with shifts -1.25/0/+1.25, a Perch-shaped backbone with an embedding
-and a head on it; ``--shifts`` as README writes them; every bound checked before anything is written, each refusal
+and a head on it; ``--shifts`` as the docs write them; every bound checked before anything is written, each refusal
 one ``bird-infer: error:`` line with the bundle's files unchanged; metadata that says only what is true."""
 
 from __future__ import annotations

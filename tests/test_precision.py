@@ -14,7 +14,7 @@ from bird_infer.contract.errors import PrecisionRefusedError
 from bird_infer.contract.manifest import load_manifest
 from bird_infer.runtime.ensemble import FoldEnsemble
 from bird_infer.runtime.machine import CpuInfo, cpu_info
-from bird_infer.runtime.precision import auto_candidates, choose_precision
+from bird_infer.runtime.precision import auto_candidates, choose_precision, start_precision
 from bird_infer.runtime.sessions import SessionSettings
 from tests.conftest import synthetic_chunks
 
@@ -60,6 +60,16 @@ def test_cpu_flags_override(monkeypatch) -> None:
     assert info.flags == ("avx2", "fma") and not info.has_bf16
 
 
+def _check_ranked_then_guarded(trials, session) -> None:
+    """auto's rule: modes ranked by time (one fold per member); every mode ranked faster than the one chosen was
+    guarded on the whole bundle and refused; the one chosen was accepted (or is the reference)."""
+    ranked = sorted((t for t in trials if t.ms_per_chunk is not None), key=lambda t: t.ms_per_chunk)
+    names = [t.name for t in ranked]
+    k = names.index(f"{session.backend} {session.precision}")
+    assert all(t.refused is not None and t.max_delta is not None for t in ranked[:k]), ranked
+    assert ranked[k].refused is None and ranked[k].max_delta is not None
+
+
 def test_auto_picks_fp32_when_the_guard_refuses_or_the_cpu_lacks_bf16(tmp_path, tiny_bundle, caplog) -> None:
     manifest, _, _ = tiny_bundle
     audio = _audio(tmp_path / "audio")
@@ -71,14 +81,19 @@ def test_auto_picks_fp32_when_the_guard_refuses_or_the_cpu_lacks_bf16(tmp_path, 
     fastest = min((t for t in trials if t.refused is None), key=lambda t: t.ms_per_chunk)
     assert (session.backend, session.precision) == (fastest.backend, fastest.precision)
     assert f"precision: {fastest.name} (auto" in caplog.text
+    _check_ranked_then_guarded(trials, session)
     session, note, trials = choose_precision(manifest, auto, paths, bound=0.0, cpu=WITH_BF16)
     names = [t.name for t in trials]
     assert names == ["onnxruntime fp32", "openvino fp32", "openvino bf16"]
-    bf16 = trials[2]
-    assert bf16.refused is not None  # bf16 is never exactly fp32, or this CPU has none
-    exact = min((t for t in trials if t.refused is None), key=lambda t: t.ms_per_chunk)  # fp32 equal to the reference
-    assert (session.backend, session.precision) == (exact.backend, exact.precision) != ("openvino", "bf16")
-    assert note.startswith(f"{exact.name} (auto")
+    _check_ranked_then_guarded(trials, session)
+    assert (session.backend, session.precision) != ("openvino", "bf16")  # bf16 is never exactly fp32
+    assert note.startswith(f"{session.backend} {session.precision} (auto")
+    # the guard still refuses bf16 when asked for it alone, on the whole bundle
+    refused, note, trials = choose_precision(
+        manifest, SessionSettings(backend="openvino", precision="bf16"), paths, 0.0
+    )
+    assert (refused.backend, refused.precision) == ("onnxruntime", "fp32") and "refused" in note
+    assert trials[-1].max_delta is None or trials[-1].max_delta > 0
 
 
 def test_static_and_dynamic_openvino_shapes_agree(tiny_bundle, check_chunks) -> None:
@@ -161,3 +176,43 @@ def test_precision_benchmark_runs_on_the_tiny_bundle(tmp_path, tiny_bundle, tiny
     assert {"ort_fp32", "ort_int8_qdq", "openvino_fp32"} <= set(variants)
     assert variants["ort_fp32"]["max_abs_delta_p"] == 0
     assert all(v["ms_per_chunk_per_fold"] > 0 and np.isfinite(v["max_abs_delta_p"]) for v in variants.values())
+
+
+def test_auto_ranks_one_fold_per_member_and_guards_only_what_it_runs(tmp_path, tiny_bundle, monkeypatch) -> None:
+    """The ranking builds each mode with every member's first fold only; the guard then builds the whole bundle,
+    for the reference and for the modes it judges, fastest first, and no other."""
+    from bird_infer.runtime import precision
+
+    manifest, _, _ = tiny_bundle
+    paths = sorted(_audio(tmp_path / "audio").glob("*.wav"))
+    built: list[tuple[str, list[int]]] = []
+    real = precision.BundleModel
+
+    def recording(m, settings):
+        built.append((f"{settings.backend} {settings.precision}", [len(x.folds) for x in m.members]))
+        return real(m, settings)
+
+    monkeypatch.setattr(precision, "BundleModel", recording)
+    session, _note, trials = choose_precision(manifest, SessionSettings(precision="auto"), paths, 1.0, NO_BF16)
+    n_folds = [len(m.folds) for m in manifest.members]
+    assert n_folds != [1] * len(n_folds)  # the tiny bundle has several folds: the lead differs from the whole
+    ranking, guarding = built[:2], built[2:]
+    assert sorted(name for name, _ in ranking) == ["onnxruntime fp32", "openvino fp32"]
+    assert all(folds == [1] * len(n_folds) for _, folds in ranking)
+    chosen = f"{session.backend} {session.precision}"
+    guarded = [t.name for t in trials if t.max_delta is not None]
+    if chosen == "onnxruntime fp32" and trials[0].ms_per_chunk <= trials[1].ms_per_chunk:
+        assert guarding == [] and guarded == ["onnxruntime fp32"]  # the reference was fastest: nothing to judge
+    else:
+        assert guarding == [("onnxruntime fp32", n_folds), (chosen, n_folds)] and chosen in guarded
+        assert len(guarded) == 1  # bound 1.0: the fastest is accepted, the slower never judged
+
+
+def test_a_mode_this_cpu_cannot_run_is_refused_before_any_worker_starts(tmp_path, tiny_bundle) -> None:
+    manifest, _, _ = tiny_bundle
+    paths = sorted(_audio(tmp_path / "audio").glob("*.wav"))
+    with pytest.raises(PrecisionRefusedError):  # the original has no int8 models
+        FoldEnsemble(manifest, SessionSettings(backend="openvino", precision="int8"))
+    choice = start_precision(manifest, SessionSettings(backend="openvino", precision="int8"), paths)
+    assert choice.done() and (choice.start.backend, choice.start.precision) == ("onnxruntime", "fp32")
+    assert choice.note.startswith("onnxruntime fp32 (openvino int8: int8 refused")

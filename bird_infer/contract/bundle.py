@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bird_infer.contract.describe import doc
 from bird_infer.contract.errors import ManifestError
 from bird_infer.contract.postprocess import Blend, PostProcess, steps_to_list
 from bird_infer.contract.schema import SCHEMA_VERSION, FoldSpec, Member, Shift, SpeciesName, fold_file
@@ -19,27 +20,49 @@ from bird_infer.contract.stages import Stage, stages_to_list
 class Manifest:
     """A validated model bundle. ``root`` is the folder holding manifest.json."""
 
-    labels: tuple[str, ...]
-    """The bundle's output columns, in order (a sample submission may reorder them)."""
-    members: tuple[Member, ...]
-    row_s: float = 5.0
-    """Length of one submission row (seconds)."""
-    postprocess: PostProcess = field(default_factory=PostProcess)
-    """The ordered steps applied to each file's blended rows (:mod:`bird_infer.contract.postprocess`)."""
-    blend: Blend = field(default_factory=Blend)
-    """How the members' probabilities of a label become one."""
-    label_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    """Named lists of bundle labels (a taxon, a call type), for group weights and per-group steps."""
-    drop_order: tuple[str, ...] = ()
-    """Member names in the order the deadline guard drops their folds (first: dropped first); members not
-    listed come after, lowest weight first. The first fold of every member is never dropped."""
-    description: str = ""
-    schema_version: int = SCHEMA_VERSION
-    root: Path = Path(".")
-    names: dict[str, SpeciesName] = field(default_factory=dict)
-    """Optional scientific and common name per label; a label without an entry stands in for both."""
-    stages: tuple[Stage, ...] = ()
-    """File-level ONNX stages, run once per file in order (:mod:`bird_infer.contract.stages`)."""
+    labels: tuple[str, ...] = field(
+        metadata=doc("The bundle's output columns, in order (a sample submission may reorder them).")
+    )
+    members: tuple[Member, ...] = field(
+        metadata=doc("The model families blended into the bundle's rows; see the member fields below."),
+    )
+    row_s: float = field(default=5.0, metadata=doc("Length of one submission row (seconds).", unit="s"))
+    postprocess: PostProcess = field(
+        default_factory=PostProcess,
+        metadata=doc("The ordered steps applied to each file's blended rows (:mod:`bird_infer.contract.postprocess`)."),
+    )
+    blend: Blend = field(default_factory=Blend, metadata=doc("How the members' probabilities of a label become one."))
+    label_groups: dict[str, tuple[str, ...]] = field(
+        default_factory=dict,
+        metadata=doc("Named lists of bundle labels (a taxon, a call type), for group weights and per-group steps."),
+    )
+    drop_order: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "Member names in the order the deadline guard drops their folds (first: dropped first); members "
+            "not listed come after, lowest weight first. The first fold of every member is never dropped."
+        ),
+    )
+    description: str = field(default="", metadata=doc("Free text for people: what the bundle is, where it came from."))
+    schema_version: int = field(
+        default=SCHEMA_VERSION,
+        metadata=doc("The manifest's schema: 2 (written by this version); 1, one model family, still loads."),
+    )
+    root: Path = field(
+        default=Path("."),
+        metadata=doc(
+            "The folder holding manifest.json (where it was read from; not written).",
+            written=False,
+        ),
+    )
+    names: dict[str, SpeciesName] = field(
+        default_factory=dict,
+        metadata=doc("Optional scientific and common name per label; a label without an entry stands in for both."),
+    )
+    stages: tuple[Stage, ...] = field(
+        default=(),
+        metadata=doc("File-level ONNX stages, run once per file in order (:mod:`bird_infer.contract.stages`)."),
+    )
 
     @property
     def batch_rows(self) -> int:

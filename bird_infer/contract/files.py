@@ -6,11 +6,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bird_infer.contract.bundle import Manifest
+from bird_infer.contract.describe import doc
 from bird_infer.contract.errors import (
     ChecksumMismatchError,
     InvalidFieldError,
@@ -20,6 +20,7 @@ from bird_infer.contract.errors import (
     OutOfResourcesError,
 )
 from bird_infer.contract.name_pattern import NamePattern
+from bird_infer.contract.onnx_graph import GraphInterface, OnnxWireError, graph_interface
 from bird_infer.contract.postprocess import Prior
 from bird_infer.contract.schema import FoldSpec, Member
 from bird_infer.contract.stages import Stage
@@ -35,34 +36,30 @@ def sha256_file(path: Path, block_bytes: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def onnx_dims(value_info: Any) -> tuple[int | str, ...]:
-    """A graph input's or output's dimensions: sizes, or the symbolic names ('?' when unnamed)."""
-    dims = value_info.type.tensor_type.shape.dim
-    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
+def read_graph(path: Path, what: str) -> GraphInterface:
+    """The graph interface of the ONNX file at ``path`` (:mod:`bird_infer.contract.onnx_graph`); ``what`` names it
+    in the errors: ModelShapeError for a file that is not an ONNX model, OutOfResourcesError when memory runs out."""
+    try:
+        return graph_interface(path.read_bytes())
+    except MemoryError as e:  # the machine, not the file (ulimit -v, a full memory): say so
+        raise OutOfResourcesError(
+            f"out of memory while reading {what} ({path.name}, {path.stat().st_size / 2**20:.0f} MiB): "
+            "the file is fine; free memory or raise the limit (ulimit -v)"
+        ) from e
+    except (OnnxWireError, UnicodeDecodeError) as e:
+        raise ModelShapeError(f"{what}: {path} is not a readable ONNX model ({describe_exception(e)})") from e
 
 
 def _check_model_file(m: Manifest, member: Member, fold: FoldSpec) -> None:
-    import onnx  # deferred: only loading with verify=True reads the graph, and onnx takes ~0.3 s to import
-
     path = m.fold_path(fold)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except MemoryError as e:  # the machine, not the file (ulimit -v, a full memory): say so
-        raise OutOfResourcesError(
-            f"out of memory while reading fold {fold.name} ({path.name}, {path.stat().st_size / 2**20:.0f} MiB): "
-            "the file is fine; free memory or raise the limit (ulimit -v)"
-        ) from e
-    except Exception as e:  # onnx raises DecodeError and others: any failure means an unusable file
-        raise ModelShapeError(f"fold {fold.name}: {path} is not a readable ONNX model ({describe_exception(e)})") from e
-    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    if external:
+    graph = read_graph(path, f"fold {fold.name}")
+    if graph.external:
         raise ModelShapeError(
-            f"fold {fold.name}: {path.name} keeps weights in external-data files ({external[:3]}...), which a "
-            "worker loading the checked bytes cannot read: add the model with `bird-infer add-member`, which inlines "
-            "them into the bundle's copy"
+            f"fold {fold.name}: {path.name} keeps weights in external-data files ({list(graph.external[:3])}...), "
+            "which a worker loading the checked bytes cannot read: add the model with `bird-infer add-member`, which "
+            "inlines them into the bundle's copy"
         )
-    graph_inputs = {i.name: onnx_dims(i) for i in model.graph.input}
-    graph_outputs = {o.name: onnx_dims(o) for o in model.graph.output}
+    graph_inputs, graph_outputs = graph.inputs, graph.outputs
     if fold.input.name not in graph_inputs:
         raise ModelShapeError(
             f"fold {fold.name}: the model has no input named {fold.input.name!r} (it has {list(graph_inputs)})"
@@ -127,21 +124,15 @@ def _present_and_intact(path: Path, sha256: str, what: str) -> None:
 def check_stage_file(m: Manifest, stage: Stage) -> None:
     """A stage's file: present, its sha256 as recorded, its graph's inputs exactly those the manifest feeds, its
     output there."""
-    import onnx  # deferred, as for folds
-
     path = m.root / stage.file
     where = f"stage {stage.name}"
     _present_and_intact(path, stage.sha256, f"{where}: its file {path.name}")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and others: any failure means an unusable file
-        raise ModelShapeError(f"{where}: {path} is not a readable ONNX model ({describe_exception(e)})") from e
-    init = {i.name for i in model.graph.initializer}
-    graph_inputs = sorted(i.name for i in model.graph.input if i.name not in init)
+    graph = read_graph(path, where)
+    graph_inputs = sorted(name for name in graph.inputs if name not in set(graph.initializers))
     fed = sorted(i.name for i in stage.inputs)
     if graph_inputs != fed:
         raise ModelShapeError(f"{where}: the graph's inputs are {graph_inputs}; the manifest feeds {fed}")
-    outputs = [o.name for o in model.graph.output]
+    outputs = list(graph.outputs)
     if stage.output not in outputs:
         raise ModelShapeError(f"{where}: the graph has no output {stage.output!r} (it has {outputs})")
 
@@ -164,8 +155,12 @@ class PriorTable:
     """A prior step's table as read: the key columns (named groups of the step's pattern), and per key the
     multiplier of each bundle label (1.0 for a label the table has no column for)."""
 
-    keys: tuple[str, ...]
-    rows: dict[tuple[str, ...], tuple[float, ...]]
+    keys: tuple[str, ...] = field(
+        metadata=doc("The key columns: the named groups of the step's pattern, in the table's order.")
+    )
+    rows: dict[tuple[str, ...], tuple[float, ...]] = field(
+        metadata=doc("For each key (its values, one per key column), the multiplier of each bundle label, in order."),
+    )
 
 
 def load_prior_table(m: Manifest, step: Prior) -> PriorTable:

@@ -9,10 +9,11 @@ pattern blow up, and refused when one of them exceeds the bound there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import regex
 
+from bird_infer.contract.describe import doc
 from bird_infer.contract.errors import InvalidFieldError
 
 MATCH_TIMEOUT_S = 0.05
@@ -37,8 +38,10 @@ def adversarial_names(n: int = ADVERSARIAL_LENGTH) -> tuple[str, ...]:
 class NamePattern:
     """A compiled pattern with named groups; :meth:`groups` matches a name under the bound."""
 
-    text: str
-    compiled: regex.Pattern
+    text: str = field(metadata=doc("The regular expression as written in the manifest."))
+    compiled: regex.Pattern = field(
+        metadata=doc("The expression compiled (matched with a timeout, so a pattern never hangs a run)."),
+    )
 
     @classmethod
     def compile(cls, text: str, where: str = "pattern", check: bool = True) -> NamePattern:

@@ -13,6 +13,7 @@ import math
 from dataclasses import MISSING, fields
 from typing import Any
 
+from bird_infer.contract.describe import field_doc
 from bird_infer.contract.errors import (
     InvalidFieldError,
 )
@@ -34,7 +35,6 @@ from bird_infer.contract.schema import (
     EnsembleConfig,
     FrontendConfig,
     ModelConfig,
-    field_doc,
 )
 from bird_infer.contract.text import control_chars
 

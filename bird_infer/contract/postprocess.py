@@ -1,5 +1,5 @@
 """How members' rows become the submission's: the blend of the members, label groups, and the ordered
-post-processing steps. Frozen dataclasses, each field documented in its metadata (error messages and the README
+post-processing steps. Frozen dataclasses, each field documented in its metadata (error messages and the reference
 quote it); parsing is in :mod:`bird_infer.contract.parse_post`, the arithmetic in :mod:`bird_infer.runtime.blend`
 and :mod:`bird_infer.run.postprocess`.
 
@@ -13,15 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from bird_infer.contract.describe import doc
+
 BLEND_RULES = ("mean", "rank", "power")
 RANK_SCALES = ("(rank-1)/n", "rank/n")
 RANK_TIES = ("average", "min", "max", "dense", "first")
 FILE_SCALE_MODES = ("max", "topk")
 UNMATCHED_PRIOR = "leave"
-
-
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
 
 
 @dataclass(frozen=True)
@@ -30,33 +28,31 @@ class Blend:
 
     rule: str = field(
         default="mean",
-        metadata=_doc(
+        metadata=doc(
             "mean: the weighted mean of the members' probabilities (the default); rank: each member's outputs "
             "rank-transformed per label over every row of the run, ranks scaled into [0, 1), then the weighted "
             "mean (needs every row: predict only); power: (weighted mean of p^k)^(1/k)."
         ),
     )
-    power: float = field(default=2.0, metadata=_doc("k of the power blend (> 0); unused by the other rules."))
+    power: float = field(default=2.0, metadata=doc("k of the power blend (> 0); unused by the other rules."))
     rank_scale: str = field(
         default="(rank-1)/n",
-        metadata=_doc("rank: '(rank-1)/n' (the default, in [0, 1)) or 'rank/n' (pandas' rank(pct=True), in (0, 1])."),
+        metadata=doc("rank: '(rank-1)/n' (the default, in [0, 1)) or 'rank/n' (pandas' rank(pct=True), in (0, 1])."),
     )
     rank_ties: str = field(
         default="average",
-        metadata=_doc(
+        metadata=doc(
             "rank: how ties rank, as pandas' rank(method=...): average (the default), min, max, dense (scaled by "
             "the number of distinct values, as pandas does), first."
         ),
     )
     rank_clip: tuple[float, float] | None = field(
         default=None,
-        metadata=_doc(
-            "rank: [lo, hi] the probabilities are clipped into before ranking (ties form there); null: none."
-        ),
+        metadata=doc("rank: [lo, hi] the probabilities are clipped into before ranking (ties form there); null: none."),
     )
     group_weights: dict[str, dict[str, float]] = field(
         default_factory=dict,
-        metadata=_doc(
+        metadata=doc(
             "Member weights per label group: {group: {member: weight}}; a member not named keeps its own weight "
             "on that group's labels. A specialist weighs more on its taxon."
         ),
@@ -74,12 +70,12 @@ class Smooth:
 
     kind: ClassVar[str] = "smooth"
     kernel: tuple[float, ...] = field(
-        metadata=_doc(
+        metadata=doc(
             "Weights over neighbouring rows, odd length, centred (e.g. [0.1, 0.8, 0.1]): p'[i] = sum_t w[t] "
             "p[i + t - h] / sum_t w[t] over the rows that exist and hold predictions (h = len // 2)."
         )
     )
-    group: str | None = field(default=None, metadata=_doc("Only this label group's columns; null: every label."))
+    group: str | None = field(default=None, metadata=doc("Only this label group's columns; null: every label."))
 
 
 @dataclass(frozen=True)
@@ -87,7 +83,7 @@ class FileMaxMix:
     """Each row mixed with the file's maximum."""
 
     kind: ClassVar[str] = "file_max_mix"
-    a: float = field(metadata=_doc("a in p' = (1 - a) p + a max_file(p), in [0, 1]."))
+    a: float = field(metadata=doc("a in p' = (1 - a) p + a max_file(p), in [0, 1]."))
 
 
 @dataclass(frozen=True)
@@ -95,13 +91,15 @@ class FileScale:
     """Each row scaled by how strongly the label shows anywhere in the file."""
 
     kind: ClassVar[str] = "file_scale"
-    gamma: float = field(metadata=_doc("Exponent g >= 0 in p' = p * s^g (0.4 in published solutions)."))
+    gamma: float = field(metadata=doc("Exponent g >= 0 in p' = p * s^g (0.4 in published solutions)."))
     mode: str = field(
         default="max",
-        metadata=_doc("max: s = max over the file's rows of p; topk: s = mean of the file's k highest p."),
+        metadata=doc("max: s = max over the file's rows of p; topk: s = mean of the file's k highest p."),
     )
-    k: int = field(default=3, metadata=_doc("Rows averaged by topk (a file with fewer rows averages them all)."))
-    group: str | None = field(default=None, metadata=_doc("Only this label group's columns; null: every label."))
+    k: int = field(
+        default=3, metadata=doc("Rows averaged by topk (a file with fewer rows averages them all).", unit="rows")
+    )
+    group: str | None = field(default=None, metadata=doc("Only this label group's columns; null: every label."))
 
 
 @dataclass(frozen=True)
@@ -110,23 +108,23 @@ class Prior:
 
     kind: ClassVar[str] = "prior"
     pattern: str = field(
-        metadata=_doc(
+        metadata=doc(
             "A Python regular expression with named groups, searched in the file's name (its stem); e.g. "
             r"'^(?P<site>[A-Z]+\d+)_\d{8}_(?P<hour>\d{2})' for BirdCLEF 2025-2026 names like "
             "H02_20230420_074000."
         )
     )
     table: str = field(
-        metadata=_doc(
+        metadata=doc(
             "A CSV in the bundle (relative to manifest.json): one column per named group, then one column per "
             "bundle label holding the multiplier (>= 0) for files whose groups equal that row's."
         )
     )
-    sha256: str = field(metadata=_doc("The table's sha256, checked at every load."))
-    beta: float = field(default=1.0, metadata=_doc("Exponent b >= 0 in p' = p * prior^b."))
+    sha256: str = field(metadata=doc("The table's sha256, checked at every load."))
+    beta: float = field(default=1.0, metadata=doc("Exponent b >= 0 in p' = p * prior^b."))
     unmatched: str = field(
         default=UNMATCHED_PRIOR,
-        metadata=_doc(
+        metadata=doc(
             "A file whose name does not match, or whose groups have no row: 'leave' its rows unchanged (the "
             "error report says so, outcome prior_unmatched)."
         ),
@@ -139,16 +137,17 @@ class Gaussian:
     ``gaussian_filter1d(mode="nearest")``)."""
 
     kind: ClassVar[str] = "gaussian"
-    sigma: float = field(metadata=_doc("Standard deviation in rows (> 0)."))
+    sigma: float = field(metadata=doc("Standard deviation in rows (> 0).", unit="rows"))
     radius: int = field(
         default=0,
-        metadata=_doc(
+        metadata=doc(
             "Rows each side the kernel reaches; 0: int(4 sigma + 0.5), as scipy's default truncate=4. Weights "
             "w[t] = exp(-t^2 / (2 sigma^2)), normalised; a neighbour past the file's edge is the edge row; a "
-            "fallback row is left out and the weights renormalised."
+            "fallback row is left out and the weights renormalised.",
+            unit="rows",
         ),
     )
-    group: str | None = field(default=None, metadata=_doc("Only this label group's columns; null: every label."))
+    group: str | None = field(default=None, metadata=doc("Only this label group's columns; null: every label."))
 
 
 @dataclass(frozen=True)
@@ -156,15 +155,15 @@ class AdaptiveSmooth:
     """Smoothing whose weight follows each row's maximum: a confident row is smoothed more (or less)."""
 
     kind: ClassVar[str] = "adaptive_smooth"
-    kernel: tuple[float, ...] = field(metadata=_doc("The smoothing kernel, as the smooth step's."))
-    low: float = field(metadata=_doc("Mix weight a where the row's maximum is 0, in [0, 1]."))
+    kernel: tuple[float, ...] = field(metadata=doc("The smoothing kernel, as the smooth step's."))
+    low: float = field(metadata=doc("Mix weight a where the row's maximum is 0, in [0, 1]."))
     high: float = field(
-        metadata=_doc(
+        metadata=doc(
             "Mix weight where the row's maximum is 1, in [0, 1]: a = low + (high - low) max_j p[i, j] (over the "
             "step's columns), p' = (1 - a) p + a smooth(p)."
         )
     )
-    group: str | None = field(default=None, metadata=_doc("Only this label group's columns; null: every label."))
+    group: str | None = field(default=None, metadata=doc("Only this label group's columns; null: every label."))
 
 
 @dataclass(frozen=True)
@@ -172,8 +171,8 @@ class Temperature:
     """A temperature on the logit: p' = sigmoid(logit(p) / t) (p clipped into [1e-7, 1 - 1e-7] first)."""
 
     kind: ClassVar[str] = "temperature"
-    t: float = field(metadata=_doc("The temperature (> 0): above 1 flattens, below 1 sharpens."))
-    group: str | None = field(default=None, metadata=_doc("Only this label group's columns; null: every label."))
+    t: float = field(metadata=doc("The temperature (> 0): above 1 flattens, below 1 sharpens."))
+    group: str | None = field(default=None, metadata=doc("Only this label group's columns; null: every label."))
 
 
 @dataclass(frozen=True)
@@ -181,10 +180,8 @@ class ThresholdRemap:
     """A per-label threshold mapped onto one value, piecewise linear: [0, th] onto [0, to], [th, 1] onto [to, 1]."""
 
     kind: ClassVar[str] = "threshold_remap"
-    thresholds: dict[str, float] = field(
-        metadata=_doc("{label: th} with th in (0, 1); labels not named are unchanged.")
-    )
-    to: float = field(default=0.5, metadata=_doc("Where every threshold lands, in (0, 1)."))
+    thresholds: dict[str, float] = field(metadata=doc("{label: th} with th in (0, 1); labels not named are unchanged."))
+    to: float = field(default=0.5, metadata=doc("Where every threshold lands, in (0, 1)."))
 
 
 @dataclass(frozen=True)
@@ -192,7 +189,7 @@ class LabelMax:
     """Max-pooling over label groups: every label of a group takes the group's row maximum."""
 
     kind: ClassVar[str] = "label_max"
-    groups: tuple[str, ...] = field(metadata=_doc("Names of label_groups, each pooled on its own."))
+    groups: tuple[str, ...] = field(metadata=doc("Names of label_groups, each pooled on its own."))
 
 
 Step = Smooth | FileMaxMix | FileScale | Prior | Gaussian | AdaptiveSmooth | Temperature | ThresholdRemap | LabelMax
@@ -206,7 +203,10 @@ STEP_KINDS: dict[str, type] = {
 class PostProcess:
     """The ordered steps applied to each file's blended rows; off (no steps) by default."""
 
-    steps: tuple[Step, ...] = ()
+    steps: tuple[Step, ...] = field(
+        default=(),
+        metadata=doc("The steps, in the order they run; each is one of the step kinds below."),
+    )
 
     @property
     def active(self) -> bool:

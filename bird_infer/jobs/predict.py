@@ -143,6 +143,6 @@ def run_predict(
         n_partial=sum(e.outcome == "partial" for e in report_entries),
         write_error=write_error,
         plan_s=plan_s,
-        session=plan.options.session,
+        session=plan.session,
         startup_s=max(0.0, min((r.started_at for r in done), default=plan.started_mono) - plan.started_mono),
     )

@@ -22,7 +22,7 @@ from bird_infer.run.book import TaskBook
 from bird_infer.run.deadline import DeadlineGuard
 from bird_infer.run.options import RunOptions, aligned_blocks, keeps_member_rows
 from bird_infer.run.outcomes import FileFailure, Outcome
-from bird_infer.run.pool import run_in_pool, run_in_process
+from bird_infer.run.pool import EarlyPool, run_in_pool, run_in_process
 from bird_infer.run.postprocess import PostProcessor
 from bird_infer.run.segments import Segment, assemble, plan_tasks
 from bird_infer.run.stages import file_stages
@@ -86,12 +86,14 @@ def stream_files(
     options: RunOptions | None = None,
     guard: DeadlineGuard | None = None,
     rows: Sequence[int] | None = None,
+    early: EarlyPool | None = None,
 ) -> Iterator[tuple[int, Outcome]]:
     """Predict every file; yield (index in ``paths``, its FileResult or FileFailure) as each file settles.
 
     ``guard`` (optional) applies a time limit; ``rows`` (each file's expected rows, default 1) scales each file's
     hang timeout and, with fewer files than cores, decides which files are split across workers. Every file is
-    yielded exactly once. Closing the stream early stops the workers.
+    yielded exactly once. Closing the stream early stops the workers. ``early``: worker processes already
+    started (:class:`~bird_infer.run.pool.EarlyPool`), used by the pool engine when their number fits.
     """
     options = aligned_blocks(manifest, options or RunOptions())
     files = [Path(p) for p in paths]
@@ -113,7 +115,7 @@ def stream_files(
         tasks = run_on_dask(book, manifest, options.scheduler, options.workers_for(10**6))
     else:
         log.info("starting %d worker processes", workers)
-        tasks = run_in_pool(book, manifest, workers, [max(1, r) for r in task_rows])
+        tasks = run_in_pool(book, manifest, workers, [max(1, r) for r in task_rows], early)
     for i, outcome in tasks:
         done = assembler.add(i, outcome)
         if done is not None:

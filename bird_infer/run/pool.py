@@ -63,13 +63,71 @@ def run_in_process(book: TaskBook, manifest: Manifest) -> Iterator[tuple[int, Ou
     yield from book.drain()
 
 
-def _new_pool(workers: int, manifest: Manifest, options: RunOptions) -> tuple[ProcessPoolExecutor, Heartbeats]:
+def _new_pool(
+    workers: int, manifest: Manifest, options: RunOptions | None, options_from: object = None
+) -> tuple[ProcessPoolExecutor, Heartbeats]:
+    """A pool whose workers build their predictors from ``options``, or from the options each reads from the queue
+    ``options_from`` (an :class:`EarlyPool`'s)."""
     ctx = multiprocessing.get_context("spawn")  # no inherited threads or sessions: safe on every OS
     beats = Heartbeats(ctx, workers)
     pool = ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=init_worker, initargs=(manifest, options, os.getpid(), beats)
+        workers,
+        mp_context=ctx,
+        initializer=init_worker,
+        initargs=(manifest, options, os.getpid(), beats, options_from),
     )
     return pool, beats
+
+
+EARLY_POOL_TTL_S = 120.0
+"""An early pool nobody took within this long ends itself (a job that stopped between its plan and its files)."""
+
+
+class EarlyPool:
+    """Worker processes started before the run's options are settled: they spawn and import while the parent still
+    ranks the modes the folds may run in (about as long as a worker's start), then wait for the options, which
+    :meth:`take` hands them. Saves the workers' spawn and imports from the start-up to the first chunk."""
+
+    def __init__(self, workers: int, manifest: Manifest) -> None:
+        self.workers = workers
+        self._options = multiprocessing.get_context("spawn").SimpleQueue()
+        self._pool, self._beats = _new_pool(workers, manifest, None, self._options)
+        for _ in range(workers):  # a spawn context starts processes on demand: one task each starts them now
+            self._pool.submit(os.getpid)
+        self._lock = threading.Lock()
+        self._taken = self._ended = False
+        self._timer = threading.Timer(EARLY_POOL_TTL_S, self.close)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def take(self, workers: int, options: RunOptions) -> tuple[ProcessPoolExecutor, Heartbeats] | None:
+        """The pool, its workers handed ``options``; None (and the pool ended) when it was taken or closed before,
+        or has another number of workers than ``workers``."""
+        with self._lock:
+            if self._taken:
+                return None
+            self._taken = True
+            self._timer.cancel()
+        if workers != self.workers:
+            self._ended = True
+            end_pool(self._pool, grace_s=0.0)
+            return None
+        for _ in range(workers):
+            self._options.put(options)
+        return self._pool, self._beats
+
+    def started(self) -> bool:
+        """A worker has built its predictor (or failed to), or the pool was ended."""
+        return self._ended or self._beats.startup_s() is not None
+
+    def close(self) -> None:
+        """End the pool unless it was taken (then its run ends it)."""
+        with self._lock:
+            if self._taken:
+                return
+            self._taken = self._ended = True
+            self._timer.cancel()
+        end_pool(self._pool, grace_s=0.0)
 
 
 def _stall_bound(beats: Heartbeats, options: RunOptions, restarts: int = 0) -> float:
@@ -146,10 +204,13 @@ def end_pool(pool: ProcessPoolExecutor, grace_s: float = END_GRACE_S) -> None:
         p.join(timeout=5)
 
 
-def run_in_pool(book: TaskBook, manifest: Manifest, workers: int, rows: Sequence[int]) -> Iterator[tuple[int, Outcome]]:
+def run_in_pool(
+    book: TaskBook, manifest: Manifest, workers: int, rows: Sequence[int], early: EarlyPool | None = None
+) -> Iterator[tuple[int, Outcome]]:
     """Every task on a pool of ``workers`` processes (``rows``: each task's expected rows, for its hang timeout);
-    yields (task index, outcome) as each settles."""
-    pool, beats = _new_pool(workers, manifest, book.options)
+    yields (task index, outcome) as each settles. ``early``: workers already started, used when their number fits."""
+    started = early.take(workers, book.options) if early is not None else None
+    pool, beats = started or _new_pool(workers, manifest, book.options)
     timeouts = HangTimeouts(book.options, rows)
     in_flight: dict[Future[Outcome], tuple[int, float]] = {}  # future -> (file index, submitted at)
     restarts = 0  # pools replaced because an idle worker held the queue

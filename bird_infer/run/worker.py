@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from bird_infer.contract.bundle import Manifest
 from bird_infer.contract.text import describe_exception
@@ -55,15 +56,22 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def init_worker(
-    manifest: Manifest, options: RunOptions, parent_pid: int | None = None, beats: Heartbeats | None = None
+    manifest: Manifest,
+    options: RunOptions | None,
+    parent_pid: int | None = None,
+    beats: Heartbeats | None = None,
+    options_from: Any = None,
 ) -> None:
     """Pool initializer: tie this worker's life to its parent's, then build its sessions once; with ``beats``,
-    beat after every decoded block."""
+    beat after every decoded block. ``options_from``: a queue the run's options come from, when the worker was
+    started before they were settled (:class:`bird_infer.run.pool.EarlyPool`)."""
     global _WORKER_PREDICTOR, _WORKER_BEAT, _WORKER_ERROR
     if parent_pid is not None:
         die_with_parent(parent_pid)
     if beats is not None:  # claimed first: a worker that stalls in its start-up is seen from its spawn
         _WORKER_BEAT = WorkerBeat(beats)
+    if options_from is not None:
+        options = options_from.get()
     try:
         _WORKER_PREDICTOR = make_predictor(manifest, options)
     except Exception as e:  # reported with each task (see _WORKER_ERROR)

@@ -15,7 +15,6 @@ caller's fallback).
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 from bird_infer.contract.bundle import Manifest
 
@@ -75,6 +74,8 @@ def rank_scale(
         return values.astype(np.float32)
     if clip is not None:
         values = np.clip(values, clip[0], clip[1])
+    from scipy.stats import rankdata  # deferred: scipy.stats takes ~0.5 s to import, paid by every worker
+
     ranks = rankdata(values, method=RANKDATA_METHOD[ties])
     denominator = float(ranks.max()) if ties == "dense" else float(n)
     offset = 1.0 if scale == "(rank-1)/n" else 0.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from bird_infer.contract.errors import AddMemberError, BirdInferError
-from bird_infer.contract.files import onnx_dims
 from bird_infer.contract.text import describe_exception
 
 log = logging.getLogger(__name__)
@@ -16,6 +16,12 @@ STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
 """Operator domains ONNX Runtime runs (the standard ones and its own contrib operators)."""
 MAX_INLINE_BYTES = 2**31 - 2**20
 """A model with its weights inlined must stay a single protobuf (2 GiB)."""
+
+
+def onnx_dims(value_info: Any) -> tuple[int | str, ...]:
+    """A graph input's or output's dimensions: sizes, or the symbolic names ('?' when unnamed)."""
+    dims = value_info.type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
 
 
 def model_bytes(path: Path) -> bytes:
